@@ -1,0 +1,52 @@
+"""The training budget and loop settings (config group `trainer`).
+
+Example:
+    >>> check_trainer({"steps": 200}, "trainer")["batch_size"]
+    100
+"""
+
+from __future__ import annotations
+
+from cnnlab.errors import ConfigError
+from cnnlab.fields import Field, boolean, check_fields, choice, integer, non_negative_number, optional, positive_int, show
+
+
+def _verbose(v, path):
+    if v in ("auto", 0, 1, 2) and not isinstance(v, bool):
+        return v
+    raise ConfigError(path, f"{show(v)} is not one of auto | 0 | 1 | 2")
+
+
+EARLY_STOPPING_FIELDS = {
+    "monitor": Field(choice("val_loss", "val_accuracy"), "val_loss"),
+    "patience": Field(positive_int, 3),
+    "min_delta": Field(non_negative_number, 0.0),
+    "restore_best_weights": Field(boolean, False),
+}
+
+
+def _early_stopping(v, path):
+    return check_fields(v, EARLY_STOPPING_FIELDS, path)
+
+
+TRAINER_FIELDS = {
+    "steps": Field(optional(positive_int), 1000),
+    "epochs": Field(optional(positive_int), None),
+    "batch_size": Field(positive_int, 100),
+    "seed": Field(integer, 0),
+    "deterministic": Field(boolean, False),
+    "shuffle": Field(boolean, True),
+    "eval_every": Field(optional(positive_int), 100),
+    "early_stopping": Field(optional(_early_stopping), None),
+    "verbose": Field(_verbose, "auto"),
+}
+
+
+def check_trainer(cfg, path: str = "trainer") -> dict:
+    t = check_fields(cfg, TRAINER_FIELDS, path)
+    if (t["steps"] is None) == (t["epochs"] is None):
+        raise ConfigError(
+            f"{path}.steps",
+            f"set exactly one of steps and epochs (got steps={show(t['steps'])}, epochs={show(t['epochs'])})",
+        )
+    return t
