@@ -7,11 +7,13 @@ stderr naming the key and the value, and exit code 2; no traceback.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from cnnlab.errors import ConfigError
 
-EXIT_CONFIG = 2
+EXIT_CONFIG = 2  # bad config, bad override, missing or corrupt data
+EXIT_DIVERGED = 3  # the run was recorded, as FAILED: its loss became NaN/inf
 
 
 def fail(message: str, code: int = EXIT_CONFIG):
@@ -39,6 +41,16 @@ def guard_hydra_errors(hydra_main) -> None:
         fail(one_line(message) + detail)
 
 
+def hydra_context() -> tuple[list[str], dict]:
+    """The job's command-line overrides and group choices, when running under Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return [], {}
+    hc = HydraConfig.get()
+    return list(hc.overrides.task), {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
+
+
 def run_job(cfg):
     """The body of one Hydra job: validate, then dry-run or train. Returns the test accuracy."""
     from cnnlab.schema import check_config
@@ -47,11 +59,21 @@ def run_job(cfg):
         run = check_config(cfg)
         if run.dry_run:
             return dry_run(cfg, run)
+        from cnnlab.fit import Diverged
         from cnnlab.train import train
 
-        return train(run)["test_accuracy"]
+        overrides, choices = hydra_context()
+        signal.signal(signal.SIGTERM, _interrupt)  # a killed job ends its MLflow run as KILLED
+        try:
+            return train(run, overrides, choices)["test_accuracy"]
+        except Diverged as e:
+            fail(str(e), EXIT_DIVERGED)
     except ConfigError as e:
         fail(str(e))
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def dry_run(cfg, run) -> None:

@@ -1,5 +1,10 @@
 """Data sets (config group `dataset`): MNIST, Fashion-MNIST, CIFAR-10 and a synthetic set.
 
+Offline, `<name>.npz` (the Keras layout: x_train, y_train, x_test, y_test) is read
+from `dataset.path` or the folder in $CNNLAB_DATA_DIR; otherwise
+`keras.datasets.<name>.load_data()` downloads it. The test split is only
+touched by the final evaluation.
+
 Example:
     >>> check_dataset({"name": "mnist", "input_shape": [28, 28, 1], "num_classes": 10}, "dataset")["val_size"]
     5000
@@ -7,9 +12,18 @@ Example:
 
 from __future__ import annotations
 
-from cnnlab.errors import ConfigError
+import math
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cnnlab.errors import ConfigError, DataError
 from cnnlab.fields import Field, check_fields, choice, non_negative_int, optional, positive_int, shape, show, string
 
+DATA_DIR_ENV = "CNNLAB_DATA_DIR"
 # name → the image shape its files hold
 KNOWN_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
 DATASET_FIELDS = {
@@ -35,3 +49,114 @@ def check_dataset(cfg, path: str = "dataset") -> dict:
             f"{path}.val_size", f"{d['val_size']} leaves no training images out of train_size {d['train_size']}"
         )
     return d
+
+
+@dataclass
+class Data:
+    """Pixels scaled to [0, 1] (float32, NHWC) and integer labels, split three ways."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: str  # where the arrays came from, for the run's tags
+
+
+def data_file(spec: dict) -> Path | None:
+    """The .npz to read: `dataset.path`, else $CNNLAB_DATA_DIR/<name>.npz, else None (Keras downloads)."""
+    if spec["path"]:
+        return Path(spec["path"]).expanduser()
+    folder = os.environ.get(DATA_DIR_ENV)
+    return Path(folder).expanduser() / f"{spec['name']}.npz" if folder else None
+
+
+def load_data(spec: dict) -> Data:
+    """Load, check, scale and split the data set a validated `dataset` config names. Raises DataError."""
+    if spec["name"] == "synthetic":
+        arrays, source = synthetic_arrays(spec), "synthetic"
+    else:
+        path = data_file(spec)
+        arrays, source = (_read_npz(path, spec), str(path)) if path else (_download(spec), f"keras.datasets.{spec['name']}")
+    x_train, y_train, x_test, y_test = (_check_array(a, k, spec, source) for k, a in zip(KEYS, arrays))
+    if spec["train_size"]:
+        x_train, y_train = x_train[: spec["train_size"]], y_train[: spec["train_size"]]
+    if spec["test_size"]:
+        x_test, y_test = x_test[: spec["test_size"]], y_test[: spec["test_size"]]
+    n_val = spec["val_size"]
+    if n_val >= len(x_train):
+        raise DataError("dataset.val_size", f"{n_val} leaves no training images out of {len(x_train)} in {source}")
+    cut = len(x_train) - n_val  # the last val_size images validate, as LTFN's 55,000/5,000 split
+    return Data(x_train[:cut], y_train[:cut], x_train[cut:], y_train[cut:], x_test, y_test, source)
+
+
+KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _where_hint(spec: dict) -> str:
+    return (f"put {spec['name']}.npz (keys {', '.join(KEYS)}) in a folder and set {DATA_DIR_ENV} to it, "
+            "or set dataset.path")
+
+
+def _read_npz(path: Path, spec: dict):
+    key = "dataset.path" if spec["path"] else DATA_DIR_ENV
+    if not path.is_file():
+        raise DataError(key, f"{spec['name']} data file not found at {path}; {_where_hint(spec)}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in KEYS if k not in f.files]
+            if missing:
+                raise DataError(key, f"{path} lacks the array(s) {', '.join(missing)} (Keras layout: {', '.join(KEYS)})")
+            return tuple(f[k] for k in KEYS)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(key, f"{path} is not a readable .npz file ({type(e).__name__}: {e}); {_where_hint(spec)}") from None
+
+
+def _download(spec: dict):
+    from cnnlab.backend import keras
+
+    try:
+        (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, spec["name"]).load_data()
+    except Exception as e:  # no network, a proxy, a truncated cache: all end the same way for the user
+        raise DataError(
+            DATA_DIR_ENV, f"could not download {spec['name']} ({type(e).__name__}: {str(e)[:120]}); {_where_hint(spec)}"
+        ) from None
+    return x_train, y_train, x_test, y_test
+
+
+def _check_array(a: np.ndarray, key: str, spec: dict, source: str) -> np.ndarray:
+    if key.startswith("y"):
+        a = np.asarray(a).reshape(-1)  # CIFAR-10 ships labels as (n, 1)
+        if a.size and (a.min() < 0 or a.max() >= spec["num_classes"]):
+            raise DataError("dataset.num_classes", f"{spec['num_classes']} but {source} has {key} labels up to {a.max()}")
+        return a.astype(np.int32)
+    if a.ndim == 3:
+        a = a[..., None]  # add the channel axis to grayscale images
+    if tuple(a.shape[1:]) != spec["input_shape"]:
+        raise DataError("dataset.input_shape",
+                        f"{list(spec['input_shape'])} but {source} holds {key} images of shape {list(a.shape[1:])}")
+    return (a.astype(np.float32) / 255.0) if a.dtype == np.uint8 else a.astype(np.float32)
+
+
+def synthetic_arrays(spec: dict, seed: int = 0):
+    """A learnable toy set: class c has a bright square at the c-th cell of a grid, plus noise."""
+    rng = np.random.default_rng(seed)
+    h, w, c = spec["input_shape"]
+    k = spec["num_classes"]
+    cols = math.ceil(math.sqrt(k))
+    rows = math.ceil(k / cols)
+    ch, cw = max(h // rows, 1), max(w // cols, 1)
+
+    def make(n):
+        y = rng.integers(0, k, n).astype(np.uint8)
+        x = rng.integers(0, 60, (n, h, w, c)).astype(np.uint8)
+        for i, label in enumerate(y):
+            r, q = divmod(int(label), cols)
+            x[i, r * ch : (r + 1) * ch, q * cw : (q + 1) * cw, :] = 255
+        return x, y
+
+    n_train = spec["train_size"] or 1024
+    x_train, y_train = make(n_train)
+    x_test, y_test = make(spec["test_size"] or 256)
+    return x_train, y_train, x_test, y_test

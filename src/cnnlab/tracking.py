@@ -1,11 +1,18 @@
 """Experiment tracking (config group `tracking`): MLflow on SQLite by default.
 
+The default store is `sqlite:///<repo>/mlruns/mlflow.db` with artifacts in
+`<repo>/mlruns/artifacts`; `tracking.uri` takes any MLflow tracking URI.
+mlflow is imported only when a run is actually tracked.
+
 Example:
     >>> check_tracking({"enabled": False}, "tracking")["experiment"]
     'cnnlab'
 """
 
 from __future__ import annotations
+
+import math
+from pathlib import Path
 
 from cnnlab.fields import Field, boolean, check_fields, optional, string
 
@@ -20,3 +27,99 @@ TRACKING_FIELDS = {
 
 def check_tracking(cfg, path: str = "tracking") -> dict:
     return check_fields(cfg, TRACKING_FIELDS, path)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DB = REPO_ROOT / "mlruns" / "mlflow.db"
+
+
+def tracking_uri(spec: dict) -> str:
+    """`tracking.uri`, or SQLite under <repo>/mlruns (MLflow 3 refuses a bare file store)."""
+    return spec["uri"] or f"sqlite:///{DEFAULT_DB}"
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifacts beside a SQLite database (<dir>/artifacts); a tracking server decides for itself."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
+    return None
+
+
+def flatten(tree, prefix: str = "") -> dict[str, str]:
+    """{'model': {'layers': {'conv1': {'filters': 64}}}} → {'model.layers.conv1.filters': '64'}"""
+    out = {}
+    if isinstance(tree, dict) and tree:
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+    else:
+        out[prefix[:-1]] = str(tree)
+    return out
+
+
+class Tracker:
+    """One MLflow run driven through `MlflowClient` (no global active run, safe in sweeps).
+
+    Example:
+        >>> t = Tracker.start("sqlite:////tmp/x/mlflow.db", "demo", "my-run")  # doctest: +SKIP
+        >>> t.log_metrics(100, {"val_accuracy": 0.9}); t.end("FINISHED")     # doctest: +SKIP
+    """
+
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    @classmethod
+    def start(cls, uri: str, experiment: str, run_name: str, tags: dict | None = None,
+              parent_run_id: str | None = None) -> "Tracker":
+        from mlflow.tracking import MlflowClient
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id = ensure_experiment(client, experiment, artifact_location(uri))
+        tags = dict(tags or {})
+        if parent_run_id:
+            tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+        return cls(client, run.info.run_id)
+
+    def log_params(self, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """One batched call per evaluation; non-finite values are left out (the run's tags tell why)."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(v)]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def log_artifacts(self, folder) -> None:
+        self.client.log_artifacts(self.run_id, str(folder))
+
+    def end(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status)
+
+
+def ensure_experiment(client, name: str, location: str | None) -> str:
+    """The experiment's id, created with our artifact location if new (parallel jobs may race here)."""
+    found = client.get_experiment_by_name(name)
+    if found:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:
+        found = client.get_experiment_by_name(name)  # another process created it first
+        if found:
+            return found.experiment_id
+        raise

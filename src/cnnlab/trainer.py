@@ -8,7 +8,18 @@ Example:
 from __future__ import annotations
 
 from cnnlab.errors import ConfigError
-from cnnlab.fields import Field, boolean, check_fields, choice, integer, non_negative_number, optional, positive_int, show
+from cnnlab.fields import (
+    Field,
+    boolean,
+    check_fields,
+    choice,
+    integer,
+    non_negative_number,
+    optional,
+    positive_int,
+    positive_number,
+    show,
+)
 
 
 def _verbose(v, path):
@@ -39,6 +50,9 @@ TRAINER_FIELDS = {
     "eval_every": Field(optional(positive_int), 100),
     "early_stopping": Field(optional(_early_stopping), None),
     "verbose": Field(_verbose, "auto"),
+    # a loss this large is divergence too: N(0,1) weights at a high lr blow up to ~1e26 and then
+    # their ReLUs die (the loss falls back to log(10)) without ever reaching NaN
+    "max_loss": Field(optional(positive_number), 1e12),
 }
 
 

@@ -1,0 +1,125 @@
+"""The Keras side of training: batches in a fixed order, `model.fit`, divergence and metric hooks.
+
+The budget is counted in optimizer steps, as LTFN counts it: the batch
+stream walks the training set epoch after epoch (shuffled per epoch, or in
+file order with `trainer.shuffle=false`), and `fit` runs it in chunks of
+`trainer.eval_every` steps with a validation pass after each chunk.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cnnlab.backend import keras
+
+
+class BatchStream(keras.utils.PyDataset):
+    """Batch i of a run: epoch i // per_epoch, slice i % per_epoch of that epoch's order.
+
+    >>> s = BatchStream(np.zeros((5, 1)), np.arange(5), batch_size=2, steps=4, shuffle=False, seed=0)
+    >>> [s[i][1].tolist() for i in range(4)]
+    [[0, 1], [2, 3], [4], [0, 1]]
+    """
+
+    def __init__(self, x, y, batch_size: int, steps: int, shuffle: bool, seed: int):
+        super().__init__()
+        self.x, self.y, self.batch_size, self.steps = x, y, batch_size, steps
+        n = len(x)
+        self.per_epoch = math.ceil(n / batch_size)
+        epochs = math.ceil(steps / self.per_epoch)
+        rng = np.random.default_rng(seed)
+        self.orders = [rng.permutation(n) if shuffle else np.arange(n) for _ in range(epochs)]
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, i: int):
+        epoch, j = divmod(i, self.per_epoch)
+        idx = self.orders[epoch][j * self.batch_size : (j + 1) * self.batch_size]
+        return self.x[idx], self.y[idx]
+
+
+class Diverged(Exception):
+    """The training loss became NaN, infinite, or larger than `trainer.max_loss`."""
+
+    def __init__(self, step: int, loss: float, max_loss: float | None):
+        self.step, self.loss = step, loss
+        why = "" if not math.isfinite(loss) else f" (above trainer.max_loss={max_loss:g})"
+        super().__init__(f"training diverged: loss became {loss:g}{why} at step {step}")
+
+
+class Monitor(keras.callbacks.Callback):
+    """Stops at the first diverged loss; hands each evaluation's metrics to `on_eval`.
+
+    Keras reports the chunk's running mean loss, so one exploding batch shows at once.
+    """
+
+    def __init__(self, on_eval, max_loss: float | None):
+        super().__init__()
+        self.on_eval, self.max_loss = on_eval, max_loss
+        self.diverged: Diverged | None = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss) or (self.max_loss is not None and loss > self.max_loss):
+            self.diverged = Diverged(int(self.model.optimizer.iterations.numpy()), loss, self.max_loss)
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        metrics = {
+            name: float(logs[key])
+            for name, key in (("train_loss", "loss"), ("train_accuracy", "accuracy"),
+                              ("val_loss", "val_loss"), ("val_accuracy", "val_accuracy"))
+            if key in logs
+        }
+        self.on_eval(int(self.model.optimizer.iterations.numpy()), metrics)
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)  # {"step": ..., "train_loss": ..., ...}
+    diverged: Diverged | None = None
+    steps: int = 0
+
+
+def total_steps(trainer: dict, n_train: int) -> int:
+    per_epoch = math.ceil(n_train / trainer["batch_size"])
+    return trainer["steps"] or trainer["epochs"] * per_epoch
+
+
+def fit(model, data, trainer: dict, on_eval=None) -> FitResult:
+    """Train a compiled model on `data` for the trainer's budget; never raises on divergence."""
+    result = FitResult()
+
+    def record(step, metrics):
+        result.history.append({"step": step, **metrics})
+        if on_eval:
+            on_eval(step, metrics)
+
+    steps = total_steps(trainer, len(data.x_train))
+    stream = BatchStream(data.x_train, data.y_train, trainer["batch_size"], steps, trainer["shuffle"], trainer["seed"])
+    chunk = min(trainer["eval_every"] or stream.per_epoch, steps)
+    monitor = Monitor(record, trainer["max_loss"])
+    callbacks = [monitor]
+    if trainer["early_stopping"]:
+        callbacks.append(keras.callbacks.EarlyStopping(**trainer["early_stopping"]))
+    with warnings.catch_warnings():
+        # the last chunk may be shorter than eval_every; Keras warns that the stream "ran out"
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        model.fit(
+            stream,
+            epochs=math.ceil(steps / chunk),
+            steps_per_epoch=chunk,
+            validation_data=(data.x_val, data.y_val) if len(data.x_val) else None,
+            validation_batch_size=500,
+            callbacks=callbacks,
+            verbose=trainer["verbose"],
+        )
+    result.diverged = monitor.diverged
+    result.steps = int(model.optimizer.iterations.numpy())
+    return result

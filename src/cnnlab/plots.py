@@ -1,0 +1,60 @@
+"""Figures logged with every run: learning curves and the test confusion matrix.
+
+Matplotlib with the Agg backend, so plots render on machines with no screen.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def learning_curve(history: list[dict], title: str, path) -> None:
+    """Loss and accuracy against optimizer steps; `history` holds dicts with a `step` key."""
+    plt = _pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    steps = [h["step"] for h in history]
+    for split, style in (("train", "-o"), ("val", "-s")):
+        for ax, metric in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+            values = [h.get(f"{split}_{metric}", np.nan) for h in history]
+            ax.plot(steps, values, style, markersize=3, label=split)
+    ax_loss.set(xlabel="step", ylabel="loss (softmax cross-entropy)", title="loss")
+    if all(h.get("train_loss", 0) > 0 for h in history) and history:
+        ax_loss.set_yscale("log")
+    ax_acc.set(xlabel="step", ylabel="accuracy", title="accuracy", ylim=(0, 1))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, title: str, path) -> np.ndarray:
+    """Plot counts of (true, predicted) pairs; returns the matrix."""
+    plt = _pyplot()
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (y_true, y_pred), 1)
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax)
+    if num_classes <= 20:
+        threshold = matrix.max() / 2 if matrix.size else 0
+        for (i, j), count in np.ndenumerate(matrix):
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                    color="white" if count > threshold else "black")
+    ax.set(xlabel="predicted", ylabel="true", title=title,
+           xticks=range(num_classes), yticks=range(num_classes))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return matrix

@@ -1,0 +1,181 @@
+"""One run end to end: real Keras training, a real SQLite MLflow store, real Hydra composition."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cnnlab.errors import DataError
+from cnnlab.fit import Diverged
+from cnnlab.schema import check_config
+from cnnlab.train import train
+from conftest import REPO, run_cli
+
+FAST = ["model=tiny", "dataset=synthetic", "optimizer=adam", "optimizer.lr=0.01", "trainer.steps=40",
+        "trainer.eval_every=20", "trainer.verbose=0"]
+
+
+# N(0,1) weights with SGD at 0.1 blow up within a few steps (the LTFN problem at a high lr)
+DIVERGES = ["model=ltfn5", "dataset=synthetic", "dataset.train_size=600", "dataset.test_size=100", "init=normal",
+            "optimizer.lr=0.1", "trainer.steps=40", "trainer.verbose=0"]
+
+
+def store(tmp_path):
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def runs(uri):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiments = client.search_experiments()
+    return client, client.search_runs([e.experiment_id for e in experiments])
+
+
+def test_run_is_fully_recorded(compose, tmp_path):
+    uri = store(tmp_path)
+    run = check_config(compose(*FAST, f"tracking.uri={uri}"))
+    result = train(run, overrides=["model=tiny"], choices={"init": "he"})
+    assert result["test_accuracy"] > 0.5  # the synthetic classes are easy; chance is 0.1
+
+    client, found = runs(uri)
+    assert len(found) == 1
+    r = found[0]
+    assert r.info.status == "FINISHED"
+    assert r.info.run_name == "tiny-he-adam"
+    assert r.data.params["model.layers.conv1.filters"] == "8"
+    assert r.data.params["optimizer.lr"] == "0.01"
+    for tag in ("hydra.overrides", "git.commit", "git.dirty", "versions.keras", "versions.mlflow",
+                "keras.backend", "device"):
+        assert tag in r.data.tags, tag
+    assert r.data.tags["hydra.overrides"] == "model=tiny"
+    assert r.data.metrics["test_accuracy"] == pytest.approx(result["test_accuracy"])
+    history = client.get_metric_history(r.info.run_id, "val_accuracy")
+    assert [m.step for m in history] == [20, 40]
+    for name in ("train_loss", "train_accuracy", "val_loss"):
+        assert len(client.get_metric_history(r.info.run_id, name)) == 2
+    artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
+    assert {"config.yaml", "shape_table.txt", "learning_curve.png", "confusion_matrix.png",
+            "model.keras"} <= artifacts
+    # artifacts live beside the SQLite file, not in the working directory
+    assert (tmp_path / "artifacts").is_dir()
+
+
+def test_saved_model_reloads_and_predicts_like_the_run(compose, tmp_path):
+    from mlflow.artifacts import download_artifacts
+
+    from cnnlab.backend import keras
+    from cnnlab.data import load_data
+
+    uri = store(tmp_path)
+    run = check_config(compose(*FAST, f"tracking.uri={uri}"))
+    result = train(run)
+    local = download_artifacts(run_id=result["run_id"], artifact_path="model.keras", tracking_uri=uri,
+                               dst_path=str(tmp_path / "dl"))
+    model = keras.models.load_model(local)
+    data = load_data(run.dataset)
+    accuracy = (model.predict(data.x_test, verbose=0).argmax(-1) == data.y_test).mean()
+    assert accuracy == pytest.approx(result["test_accuracy"])
+
+
+def test_tracking_none_writes_no_store(compose, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = check_config(compose(*FAST, "tracking=none"))
+    result = train(run)
+    assert result["run_id"] is None and 0 <= result["test_accuracy"] <= 1
+    assert not any(tmp_path.iterdir())
+
+
+def test_divergence_marks_run_failed(compose, tmp_path):
+    uri = store(tmp_path)
+    run = check_config(compose(*DIVERGES, f"tracking.uri={uri}"))
+    with pytest.raises(Diverged) as info:
+        train(run)
+    _, found = runs(uri)
+    assert len(found) == 1 and found[0].info.status == "FAILED"
+    assert found[0].data.tags["diverged"] == "true"
+    assert int(found[0].data.tags["diverged_at_step"]) == info.value.step <= 40
+
+
+def test_same_seed_same_result(compose):
+    a = train(check_config(compose(*FAST, "tracking=none", "trainer.deterministic=true")))
+    b = train(check_config(compose(*FAST, "tracking=none", "trainer.deterministic=true")))
+    assert a["test_loss"] == b["test_loss"]
+
+
+def test_missing_data_file_creates_no_run(compose, tmp_path):
+    uri = store(tmp_path)
+    run = check_config(compose("dataset.path=/nonexistent/mnist.npz", f"tracking.uri={uri}"))
+    with pytest.raises(DataError, match="dataset.path: mnist data file not found at /nonexistent/mnist.npz"):
+        train(run)
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_cli_missing_data_dir_one_line_exit_2(tmp_path):
+    uri = store(tmp_path)
+    p = run_cli("model=tiny", "trainer.steps=5", f"tracking.uri={uri}", env={"CNNLAB_DATA_DIR": str(tmp_path)})
+    assert p.returncode == 2
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "CNNLAB_DATA_DIR" in errors[0] and str(tmp_path / "mnist.npz") in errors[0]
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_cli_corrupt_data_file(tmp_path):
+    bad = tmp_path / "mnist.npz"
+    bad.write_bytes(b"not a zip file")
+    p = run_cli("model=tiny", "trainer.steps=5", "tracking=none", env={"CNNLAB_DATA_DIR": str(tmp_path)})
+    assert p.returncode == 2 and "is not a readable .npz file" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_cli_divergence_one_line_exit_3(tmp_path):
+    uri = store(tmp_path)
+    p = run_cli(*DIVERGES, f"tracking.uri={uri}")
+    assert p.returncode == 3, p.stderr[-2000:]
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "diverged" in errors[0]
+    assert "Traceback" not in p.stderr
+    _, found = runs(uri)
+    assert [r.info.status for r in found] == ["FAILED"]
+
+
+def test_ctrl_c_ends_run_killed(tmp_path):
+    uri = store(tmp_path)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "run.py", "model=tiny", "dataset=synthetic", "trainer.steps=100000", "trainer.verbose=0",
+         f"tracking.uri={uri}"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # wait until the run exists and training has started
+            time.sleep(1)
+            if (tmp_path / "mlflow.db").exists():
+                try:
+                    _, found = runs(uri)
+                except Exception:
+                    continue
+                if found and found[0].data.metrics.get("val_loss") is not None:
+                    break
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    _, found = runs(uri)
+    assert [r.info.status for r in found] == ["KILLED"]
+
+
+@pytest.mark.slow
+def test_real_mnist_small_budget(compose):
+    """Real MNIST, a small model, 150 steps: learns well past chance."""
+    run = check_config(compose("model=tiny", "optimizer=adam", "optimizer.lr=0.01", "trainer.steps=150",
+                               "trainer.eval_every=50", "dataset.test_size=2000", "tracking=none",
+                               "trainer.verbose=0"))
+    assert len(run.dataset) and run.dataset["val_size"] == 5000
+    result = train(run)
+    assert result["test_accuracy"] > 0.7
