@@ -72,6 +72,7 @@ def check_model(model_cfg, init_cfg, path: str = "model", init_path: str = "init
         raise ConfigError(f"{path}.layers", f"expected a non-empty mapping of layer names to layers, got {show(layers)}")
 
     rows: list[Row] = []
+    padding_layers: set[str] = set()
     shape_in, source = model["input_shape"], "the input"
     for name, values in layers.items():
         layer_path = f"{path}.layers.{name}"
@@ -79,6 +80,8 @@ def check_model(model_cfg, init_cfg, path: str = "model", init_path: str = "init
             continue
         if not isinstance(name, str) or not LAYER_NAME.match(name):
             raise ConfigError(layer_path, "a layer name must start with a letter and hold only letters, digits and _")
+        if name == "input":
+            raise ConfigError(layer_path, "the name 'input' is taken by the model's input layer; rename the layer")
         if not isinstance(values, dict):
             raise ConfigError(layer_path, f"expected a mapping such as {{type: conv2d, ...}}, got {show(values)}")
         if "type" not in values:
@@ -88,10 +91,16 @@ def check_model(model_cfg, init_cfg, path: str = "model", init_path: str = "init
         kind.check_input(shape_in, layer_path, source)
         shape_out = kind.output_shape(shape_in, args, layer_path)
         rows.append(Row(name, kind, args, shape_in, shape_out, kind.param_count(shape_in, args), None, None))
+        if isinstance(args.get("padding"), tuple):  # explicit padding adds a ZeroPadding2D named <name>_pad
+            padding_layers.add(f"{name}_pad")
         shape_in, source = shape_out, name
 
     if not rows:
         raise ConfigError(f"{path}.layers", "every layer is null: the model has no layers")
+    for r in rows:
+        if r.name in padding_layers:
+            raise ConfigError(f"{path}.layers.{r.name}",
+                              f"the name {r.name!r} is taken by the ZeroPadding2D of {r.name[:-4]}'s explicit padding")
     weighted = [r for r in rows if r.kind.has_kernel]
     for r in weighted:
         r.kernel_init = r.args["init"] or roles["output" if r is weighted[-1] else "hidden"]

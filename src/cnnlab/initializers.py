@@ -79,7 +79,7 @@ def check_init(spec, path: str) -> dict:
         raise ConfigError(path, f"expected a mapping with a 'scheme' key, e.g. {{scheme: he_normal}}, got {show(spec)}")
     name = spec["scheme"]
     name = ALIASES.get(name, name) if isinstance(name, str) else name
-    if name not in SCHEMES:
+    if not isinstance(name, str) or name not in SCHEMES:
         known = ", ".join([*SCHEMES, *ALIASES])
         raise ConfigError(
             f"{path}.scheme",

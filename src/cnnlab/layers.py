@@ -93,7 +93,8 @@ def spatial_output(shape: tuple, windows: tuple, strides: tuple, pad, path: str,
     )
     if min(out) <= 0:
         how = f"padding {show(pad)}" if isinstance(pad, str) else f"padding {show([list(p) for p in pad])}"
-        raise ConfigError(f"{path}.{key}", f"{show(value)} does not fit the {_dims(shape[:2])} input it receives ({how})")
+        shown = value if isinstance(value, str) else show(value)
+        raise ConfigError(f"{path}.{key}", f"{shown} does not fit the {_dims(shape[:2])} input it receives ({how})")
     return out
 
 
@@ -153,7 +154,7 @@ def register(name: str):
 
 
 def layer_kind(type_: Any, path: str) -> LayerKind:
-    if type_ not in LAYER_KINDS or not isinstance(type_, str):
+    if not isinstance(type_, str) or type_ not in LAYER_KINDS:
         known = ", ".join(LAYER_KINDS)
         raise ConfigError(f"{path}.type", f"unknown layer type {show(type_)}{closest(type_, LAYER_KINDS)} (known: {known})")
     return LAYER_KINDS[type_]
@@ -188,8 +189,10 @@ class Conv2D(LayerKind):
 
     def output_shape(self, shape, args, path):
         windows = tuple(d * (k - 1) + 1 for k, d in zip(args["kernel_size"], args["dilation_rate"]))
-        h, w = spatial_output(shape, windows, args["strides"], args["padding"], path, "kernel_size",
-                              _as_given(args["kernel_size"]))
+        shown = _as_given(args["kernel_size"])
+        if windows != args["kernel_size"]:
+            shown = f"{show(shown)} (dilated to {show(_as_given(windows))})"
+        h, w = spatial_output(shape, windows, args["strides"], args["padding"], path, "kernel_size", shown)
         return (h, w, args["filters"])
 
     def param_count(self, shape, args):
