@@ -9,8 +9,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
+import traceback
 
 from cnnlab.errors import ConfigError
+
+PARENT_ENV = "CNNLAB_SWEEP_PARENT_RUN_ID"  # set by cnnlab.sweep's callback for the jobs it launches
 
 EXIT_CONFIG = 2  # bad config, bad override, missing or corrupt data
 EXIT_DIVERGED = 3  # the run was recorded, as FAILED: its loss became NaN/inf
@@ -41,20 +45,27 @@ def guard_hydra_errors(hydra_main) -> None:
         fail(one_line(message) + detail)
 
 
-def hydra_context() -> tuple[list[str], dict]:
-    """The job's command-line overrides and group choices, when running under Hydra."""
+def hydra_context() -> tuple[list[str], dict, bool]:
+    """The job's overrides, its group choices, and whether it is one job of a multirun."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     if not HydraConfig.initialized():
-        return [], {}
+        return [], {}, False
     hc = HydraConfig.get()
-    return list(hc.overrides.task), {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
+    choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
+    return list(hc.overrides.task), choices, hc.mode == RunMode.MULTIRUN
 
 
 def run_job(cfg):
-    """The body of one Hydra job: validate, then dry-run or train. Returns the test accuracy."""
+    """The body of one Hydra job: validate, then dry-run or train. Returns the test accuracy.
+
+    A single run ends a failure with one line and a non-zero exit. In a sweep the
+    job's failure is recorded (a FAILED child run) and the sweep goes on.
+    """
     from cnnlab.schema import check_config
 
+    overrides, choices, in_sweep = hydra_context()
     try:
         run = check_config(cfg)
         if run.dry_run:
@@ -62,14 +73,53 @@ def run_job(cfg):
         from cnnlab.fit import Diverged
         from cnnlab.train import train
 
-        overrides, choices = hydra_context()
-        signal.signal(signal.SIGTERM, _interrupt)  # a killed job ends its MLflow run as KILLED
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _interrupt)  # a killed job ends its MLflow run as KILLED
+        name = sweep_child_name(overrides) if in_sweep else None
         try:
-            return train(run, overrides, choices)["test_accuracy"]
+            return train(run, overrides, choices, parent_run_id=os.environ.get(PARENT_ENV) if in_sweep else None,
+                         name=name)["test_accuracy"]
         except Diverged as e:
-            fail(str(e), EXIT_DIVERGED)
+            if not in_sweep:
+                fail(str(e), EXIT_DIVERGED)
+            print(f"error: {' '.join(overrides)}: {e}", file=sys.stderr)
     except ConfigError as e:
-        fail(str(e))
+        if not in_sweep:
+            fail(str(e))
+        print(f"error: {' '.join(overrides)}: {e}", file=sys.stderr)
+        record_failed_job(cfg, overrides, str(e))
+    except Exception:
+        if not in_sweep:
+            raise
+        traceback.print_exc()  # train() has marked the child run FAILED; the sweep goes on
+    return None
+
+
+def sweep_child_name(overrides: list[str]) -> str | None:
+    from cnnlab.sweep import KEYS_ENV, child_name
+
+    return child_name(overrides, os.environ.get(KEYS_ENV, "").split(","))
+
+
+def record_failed_job(cfg, overrides: list[str], message: str) -> None:
+    """A sweep job whose config is invalid still appears in MLflow, as a FAILED child run."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return
+    from omegaconf import OmegaConf
+
+    from cnnlab.tracking import Tracker, check_tracking, tracking_uri
+
+    try:
+        tracking = check_tracking(OmegaConf.to_container(cfg.tracking, resolve=True))
+    except Exception:
+        return  # the tracking config itself is broken: nowhere to record it
+    if not tracking["enabled"]:
+        return
+    name = sweep_child_name(overrides) or "invalid config"
+    tracker = Tracker.start(tracking_uri(tracking), tracking["experiment"], name, parent_run_id=parent,
+                            tags={"hydra.overrides": " ".join(overrides), "error": message[:5000]})
+    tracker.end("FAILED")
 
 
 def _interrupt(signum, frame):

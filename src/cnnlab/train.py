@@ -81,7 +81,7 @@ def evaluate(model, data, from_logits: bool) -> tuple[dict, np.ndarray]:
 
 
 def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
-          parent_run_id: str | None = None) -> dict:
+          parent_run_id: str | None = None, name: str | None = None) -> dict:
     """Train and evaluate one validated run; track it in MLflow unless `tracking.enabled` is false.
 
     Returns the final metrics. Raises `Diverged` (after marking the run FAILED)
@@ -102,7 +102,7 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
     compile_model(model, run)
     from_logits = run.arch.rows[-1].args.get("activation") != "softmax"
 
-    name = run.tracking["run_name"] or run_name(run, choices)
+    name = run.tracking["run_name"] or name or run_name(run, choices)
     tracker = None
     if run.tracking["enabled"]:
         tracker = Tracker.start(tracking_uri(run.tracking), run.tracking["experiment"], name,

@@ -1,0 +1,159 @@
+"""Sweeps as one MLflow unit: a Hydra callback that owns the parent run and its summary.
+
+`python run.py -m init=normal,he optimizer.lr=1e-3,1e-2` creates, in the
+launcher process and before any job starts, the SQLite store, the
+experiment and a parent run; each job becomes a child run
+(`mlflow.parentRunId`) named by its swept overrides. When the sweep ends,
+the parent gets a table (CSV, Markdown) of every child's overrides, status
+and final metrics, and a plot of their validation-accuracy curves.
+
+Jobs learn the parent from environment variables set here, which the
+launcher's worker processes inherit.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.cli import PARENT_ENV
+
+KEYS_ENV = "CNNLAB_SWEEP_KEYS"
+METRICS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_loss")
+
+
+def swept_keys(config: DictConfig) -> list[str]:
+    """Keys the sweep varies: command-line sweep overrides plus `hydra.sweeper.params`."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    keys = [o.get_key_element() for o in parsed if o.is_sweep_override()]
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    return keys + [k for k in params if k not in keys]
+
+
+def child_name(overrides: list[str], keys: list[str]) -> str | None:
+    """'init=he,optimizer.lr=0.01' from a job's overrides, keeping only the swept keys."""
+    picked = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in keys]
+    return ",".join(picked) or None
+
+
+class MlflowSweepCallback(Callback):
+    """Hydra callback (see conf/config.yaml `hydra.callbacks`): the parent run of a multirun."""
+
+    def __init__(self) -> None:
+        self.tracker = None
+        self.started = 0.0
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from cnnlab.tracking import Tracker, check_tracking, tracking_uri
+
+        os.environ.pop(PARENT_ENV, None)
+        # the base config: swept values are applied per job
+        tracking = check_tracking(OmegaConf.to_container(config.tracking, resolve=True))
+        if not tracking["enabled"]:
+            return
+        keys = swept_keys(config)
+        command = " ".join(["python", *sys.argv])
+        name = "sweep " + time.strftime("%Y-%m-%d %H:%M:%S")
+        # creating the store, experiment and parent here, once, keeps parallel jobs off the schema race
+        self.tracker = Tracker.start(tracking_uri(tracking), tracking["experiment"], name,
+                                     tags={"cnnlab.sweep": "parent", "sweep.command": command[:5000]})
+        self.tracker.log_params({
+            "sweep.overrides": " ".join(config.hydra.overrides.task),
+            "sweep.keys": ",".join(keys),
+            "sweep.launcher": str(OmegaConf.select(config, "hydra.launcher._target_")).rsplit(".", 1)[-1],
+        })
+        os.environ[PARENT_ENV] = self.tracker.run_id
+        os.environ[KEYS_ENV] = ",".join(keys)
+        self.started = time.perf_counter()
+        print(f"sweep: MLflow parent run {self.tracker.run_id} ({tracking_uri(tracking)})")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.tracker is None:
+            return
+        rows = summarize_children(self.tracker.client, self.tracker.run_id)
+        counts = {s: sum(r["status"] == s for r in rows) for s in ("FINISHED", "FAILED", "KILLED", "RUNNING")}
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            (folder / "summary.csv").write_text(to_csv(rows))
+            (folder / "summary.md").write_text(to_markdown(rows) + "\n")
+            comparison_plot(self.tracker.client, rows, folder / "val_accuracy.png")
+            self.tracker.log_artifacts(folder)
+        self.tracker.set_tags({f"jobs.{s.lower()}": str(n) for s, n in counts.items()} | {"jobs.total": str(len(rows))})
+        self.tracker.log_metrics(0, {"jobs_finished": counts["FINISHED"], "jobs_failed": counts["FAILED"],
+                                     "sweep_seconds": time.perf_counter() - self.started})
+        self.tracker.end("FINISHED")
+        print(to_markdown(rows))
+        print(f"sweep: {len(rows)} jobs, {counts['FINISHED']} finished, {counts['FAILED']} failed"
+              + (f", {counts['KILLED']} killed" if counts["KILLED"] else "")
+              + f"; summary in MLflow run {self.tracker.run_id}")
+        os.environ.pop(PARENT_ENV, None)
+
+
+def summarize_children(client, parent_id: str) -> list[dict]:
+    """One row per child run, in job order: name, overrides, status and final metrics."""
+    parent = client.get_run(parent_id)
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+                                  order_by=["attributes.start_time ASC"], max_results=10000)
+    rows = []
+    for run in children:
+        row = {"run": run.info.run_name, "overrides": run.data.tags.get("hydra.overrides", ""),
+               "status": run.info.status, "run_id": run.info.run_id}
+        row.update({m: run.data.metrics.get(m) for m in METRICS})
+        row["note"] = run.data.tags.get("error") or (
+            f"diverged at step {run.data.tags['diverged_at_step']}" if "diverged_at_step" in run.data.tags else "")
+        rows.append(row)
+    return rows
+
+
+COLUMNS = ("run", "status", *METRICS, "note", "overrides", "run_id")
+
+
+def _cell(value) -> str:
+    return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def to_csv(rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS} for r in rows)
+    return out.getvalue()
+
+
+def to_markdown(rows: list[dict]) -> str:
+    columns = COLUMNS[:-2]  # overrides and run ids are in the CSV
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r.get(c)).replace("|", "\\|") for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def comparison_plot(client, rows: list[dict], path: Path) -> None:
+    """Validation accuracy against steps, one line per job."""
+    from cnnlab.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in rows:
+        history = sorted(client.get_metric_history(r["run_id"], "val_accuracy"), key=lambda m: m.step)
+        if history:
+            ax.plot([m.step for m in history], [m.value for m in history], "-o", markersize=3,
+                    label=f"{r['run']} ({r['status'].lower()})")
+    ax.set(xlabel="step", ylabel="validation accuracy", ylim=(0, 1), title="sweep: validation accuracy")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
