@@ -58,7 +58,10 @@ def hydra_context() -> tuple[list[str], dict, bool]:
 
 
 def run_job(cfg):
-    """The body of one Hydra job: validate, then dry-run or train. Returns the test accuracy.
+    """The body of one Hydra job: validate, then dry-run or train.
+
+    Returns the final validation accuracy: the objective a hyperparameter sweeper
+    maximises (the test set stays out of model selection).
 
     A single run ends a failure with one line and a non-zero exit. In a sweep the
     job's failure is recorded (a FAILED child run) and the sweep goes on.
@@ -78,7 +81,7 @@ def run_job(cfg):
         name = sweep_child_name(overrides) if in_sweep else None
         try:
             return train(run, overrides, choices, parent_run_id=os.environ.get(PARENT_ENV) if in_sweep else None,
-                         name=name)["test_accuracy"]
+                         name=name)["val_accuracy"]
         except Diverged as e:
             if not in_sweep:
                 fail(str(e), EXIT_DIVERGED)

@@ -111,6 +111,15 @@ class Tracker:
         self.client.set_terminated(self.run_id, status)
 
 
+class NoTracker:
+    """`tracking=none`: the same calls as Tracker, recording nothing."""
+
+    run_id = None
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
 def ensure_experiment(client, name: str, location: str | None) -> str:
     """The experiment's id, created with our artifact location if new (parallel jobs may race here)."""
     found = client.get_experiment_by_name(name)

@@ -19,7 +19,8 @@ import numpy as np
 
 from cnnlab.builder import build_model, shape_table, verify_model
 from cnnlab.data import load_data
-from cnnlab.tracking import REPO_ROOT, Tracker, flatten, tracking_uri
+from cnnlab.plots import confusion_matrix, learning_curve
+from cnnlab.tracking import REPO_ROOT, NoTracker, Tracker, flatten, tracking_uri
 
 
 def run_name(run, choices: dict | None = None) -> str:
@@ -89,8 +90,8 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
     """
     data = load_data(run.dataset)  # a data error must come before any MLflow run exists
     from cnnlab.backend import device_name, keras, make_deterministic
+    from cnnlab.diagnostics import diagnostics_metrics, init_diagnostics
     from cnnlab.fit import fit
-    from cnnlab.plots import confusion_matrix, learning_curve
 
     keras.backend.clear_session()  # sweep jobs may share a worker process
     seed = run.trainer["seed"]
@@ -103,56 +104,56 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
     from_logits = run.arch.rows[-1].args.get("activation") != "softmax"
 
     name = run.tracking["run_name"] or name or run_name(run, choices)
-    tracker = None
-    if run.tracking["enabled"]:
-        tracker = Tracker.start(tracking_uri(run.tracking), run.tracking["experiment"], name,
-                                parent_run_id=parent_run_id)
+    diag = init_diagnostics(model, data.x_train[: run.trainer["batch_size"]], data.y_train[: run.trainer["batch_size"]],
+                            from_logits)
+    tracker = (Tracker.start(tracking_uri(run.tracking), run.tracking["experiment"], name, parent_run_id=parent_run_id)
+               if run.tracking["enabled"] else NoTracker())
     try:
-        if tracker:
-            tracker.log_params(flatten(run.resolved))
-            tracker.set_tags({
-                "hydra.overrides": " ".join(overrides) or "(none)", **git_state(), **versions(),
-                "keras.backend": keras.backend.backend(), "device": device_name(),
-                "data.source": data.source, "model.params": str(run.arch.total_params),
-            })
+        tracker.log_params(flatten(run.resolved))
+        tracker.set_tags({
+            "hydra.overrides": " ".join(overrides) or "(none)", **git_state(), **versions(),
+            "keras.backend": keras.backend.backend(), "device": device_name(),
+            "data.source": data.source, "model.params": str(run.arch.total_params),
+        })
+        tracker.log_metrics(0, diagnostics_metrics(diag))
         started = time.perf_counter()
-        result = fit(model, data, run.trainer, on_eval=tracker.log_metrics if tracker else None)
+        result = fit(model, data, run.trainer, on_eval=tracker.log_metrics)
         seconds = time.perf_counter() - started
-        final, predicted = {}, None
+        final, predicted = {"initial_loss": diag["initial_loss"]}, None
         if not result.diverged:
-            final, predicted = evaluate(model, data, from_logits)
-            final["train_seconds"] = seconds
-        if tracker:
-            if final:
-                tracker.log_metrics(result.steps, final)
+            test, predicted = evaluate(model, data, from_logits)
+            final.update(test, train_seconds=seconds)
+            tracker.log_metrics(result.steps, {k: v for k, v in final.items() if k != "initial_loss"})
+        else:
+            tracker.set_tags({"diverged": "true", "diverged_at_step": str(result.diverged.step)})
+        if run.tracking["enabled"]:
             with tempfile.TemporaryDirectory() as tmp:
-                folder = Path(tmp)
-                _write_artifacts(folder, run, name, result, data, predicted, model, learning_curve, confusion_matrix)
-                tracker.log_artifacts(folder)
-            if result.diverged:
-                tracker.set_tags({"diverged": "true", "diverged_at_step": str(result.diverged.step)})
+                write_artifacts(Path(tmp), run, name, result, diag, data, predicted, model)
+                tracker.log_artifacts(tmp)
         if result.diverged:
             raise result.diverged
-        if tracker:
-            tracker.end("FINISHED")
-        print(f"{name}: test_accuracy={final['test_accuracy']:.4f} test_loss={final['test_loss']:.4f} "
-              f"({result.steps} steps in {seconds:.1f} s)" + (f", MLflow run {tracker.run_id}" if tracker else ""))
-        return {**final, "steps": result.steps, "run_id": tracker.run_id if tracker else None}
+        tracker.end("FINISHED")
     except KeyboardInterrupt:
-        if tracker:
-            tracker.end("KILLED")
+        tracker.end("KILLED")
         raise
     except BaseException:
-        if tracker:
-            tracker.end("FAILED")
+        tracker.end("FAILED")
         raise
+    print(f"{name}: test_accuracy={final['test_accuracy']:.4f} test_loss={final['test_loss']:.4f} "
+          f"({result.steps} steps in {seconds:.1f} s)" + (f", MLflow run {tracker.run_id}" if tracker.run_id else ""))
+    last_eval = result.history[-1] if result.history else {}
+    return {**final, "val_accuracy": last_eval.get("val_accuracy"), "steps": result.steps, "run_id": tracker.run_id}
 
 
-def _write_artifacts(folder: Path, run, name, result, data, predicted, model, learning_curve, confusion_matrix):
+def write_artifacts(folder: Path, run, name, result, diag, data, predicted, model) -> None:
+    """config.yaml, shape_table.txt and the plots; the model only when training finished."""
     from omegaconf import OmegaConf
+
+    from cnnlab.diagnostics import plot_diagnostics
 
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run.resolved)))
     (folder / "shape_table.txt").write_text(shape_table(run.arch) + "\n")
+    plot_diagnostics({name: diag}, folder / "init_diagnostics.png", f"{name}: activation scale at initialisation")
     if result.history:
         learning_curve(result.history, name, folder / "learning_curve.png")
     if predicted is not None:

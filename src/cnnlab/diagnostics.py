@@ -1,0 +1,77 @@
+"""Init diagnostics, taken with every run before its first step.
+
+On one batch of real training data: the standard deviation of each layer's
+pre-activation (the linear output of a conv/dense layer) and activation,
+and the initial loss. With N(0, 1) weights each ReLU layer multiplies the
+scale by about sqrt(fan_in / 2), so logits come out in the thousands; with
+He scaling the standard deviations stay near 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnnlab.backend import keras
+
+
+def init_diagnostics(model, x: np.ndarray, y: np.ndarray, from_logits: bool) -> dict:
+    """{'layers': [{'name', 'preact_std', 'act_std'}, ...], 'initial_loss': float}, in inference mode."""
+    ops = keras.ops
+    h = ops.convert_to_tensor(x)
+    layers = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        activation = getattr(layer, "activation", None)
+        if isinstance(layer, keras.layers.Activation):
+            pre, h = h, layer(h)
+        elif activation is not None:
+            layer.activation = keras.activations.linear  # read the linear output, then apply the real one
+            try:
+                pre = layer(h)
+            finally:
+                layer.activation = activation
+            h = activation(pre)
+        else:
+            pre, h = None, layer(h, training=False)
+        layers.append({
+            "name": layer.name,
+            "preact_std": None if pre is None else float(ops.convert_to_numpy(ops.std(pre))),
+            "act_std": float(ops.convert_to_numpy(ops.std(h))),
+        })
+    losses = keras.losses.sparse_categorical_crossentropy(y, h, from_logits=from_logits)
+    return {"layers": layers, "initial_loss": float(np.mean(ops.convert_to_numpy(losses)))}
+
+
+def diagnostics_metrics(diag: dict) -> dict[str, float]:
+    """Flat MLflow metrics: initial_loss, init.preact_std.<layer>, init.act_std.<layer>."""
+    out = {"initial_loss": diag["initial_loss"]}
+    for row in diag["layers"]:
+        if row["preact_std"] is not None:
+            out[f"init.preact_std.{row['name']}"] = row["preact_std"]
+        out[f"init.act_std.{row['name']}"] = row["act_std"]
+    return out
+
+
+def plot_diagnostics(series: dict[str, dict], path, title: str = "activation scale at initialisation") -> None:
+    """Per-layer std (log scale), one line per labelled diagnostics dict, pre-activations dashed."""
+    from cnnlab.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for label, diag in series.items():
+        names = [r["name"] for r in diag["layers"]]
+        x = np.arange(len(names))
+        act = [r["act_std"] for r in diag["layers"]]
+        pre = [np.nan if r["preact_std"] is None else r["preact_std"] for r in diag["layers"]]
+        (line,) = ax.plot(x, act, "-o", label=f"{label}: activation")
+        ax.plot(x, pre, "--s", color=line.get_color(), alpha=0.7, label=f"{label}: pre-activation")
+        ax.set_xticks(x, names, rotation=30)
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set(ylabel="standard deviation over one batch", title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
