@@ -38,6 +38,10 @@ def guard_hydra_errors(hydra_main) -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
         hydra_main()
+    except ValueError as e:
+        if not _raised_by_hydra(e):
+            raise
+        fail(one_line(e))  # command-line misuse, e.g. `-m` together with `--cfg`
     except (HydraException, OmegaConfBaseException) as e:
         message = str(e).split("Config search path")[0]  # Hydra appends its search path to lookups
         cause = e.__cause__
@@ -55,6 +59,13 @@ def hydra_context() -> tuple[list[str], dict, bool]:
     hc = HydraConfig.get()
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
     return list(hc.overrides.task), choices, hc.mode == RunMode.MULTIRUN
+
+
+def _raised_by_hydra(e: BaseException) -> bool:
+    tb = e.__traceback__
+    while tb.tb_next:
+        tb = tb.tb_next
+    return f"{os.sep}hydra{os.sep}" in tb.tb_frame.f_code.co_filename
 
 
 def run_job(cfg):
