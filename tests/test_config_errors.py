@@ -119,7 +119,8 @@ def test_corpus_is_not_visible_without_the_searchpath(compose):
 
 @pytest.mark.parametrize("case", [as_param(c) for c in CASES])
 def test_broken_config(compose, case: Case):
-    cfg = compose(SEARCHPATH, f"{case.group}={case.name}")
+    add = "+" if case.group == "experiment" else ""  # presets are added (+experiment=...), not chosen
+    cfg = compose(SEARCHPATH, f"{add}{case.group}={case.name}")
     with pytest.raises(ConfigError) as err:
         check_config(cfg)
     e, text = err.value, str(err.value)

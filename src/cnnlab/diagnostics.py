@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.backend import keras
-
 
 def init_diagnostics(model, x: np.ndarray, y: np.ndarray, from_logits: bool) -> dict:
     """{'layers': [{'name', 'preact_std', 'act_std'}, ...], 'initial_loss': float}, in inference mode."""
+    from cnnlab.backend import keras
+
     ops = keras.ops
     h = ops.convert_to_tensor(x)
     layers = []

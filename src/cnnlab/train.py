@@ -114,6 +114,7 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
             "hydra.overrides": " ".join(overrides) or "(none)", **git_state(), **versions(),
             "keras.backend": keras.backend.backend(), "device": device_name(),
             "data.source": data.source, "model.params": str(run.arch.total_params),
+            **{f"choice.{group}": option for group, option in (choices or {}).items()},
         })
         tracker.log_metrics(0, diagnostics_metrics(diag))
         started = time.perf_counter()
