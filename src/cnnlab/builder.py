@@ -143,6 +143,8 @@ def build_model(arch: Architecture, seed: int):
         kernel = make_initializer(r.kernel_init, layer_seed(seed, position, 0)) if r.kernel_init else None
         bias = make_initializer(r.bias_init, layer_seed(seed, position, 1)) if r.bias_init else None
         for layer in r.kind.build(r.name, r.args, kernel, bias):
+            if r is arch.rows[-1]:
+                layer.dtype_policy = "float32"  # under mixed precision the logits and loss stay float32
             x = layer(x)
     return keras.Model(inputs, x, name=arch.name)
 

@@ -9,12 +9,18 @@ file order with `trainer.shuffle=false`), and `fit` runs it in chunks of
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from cnnlab.backend import keras
+
+
+def iterations(model) -> int:
+    """Optimizer steps taken so far (backend-agnostic)."""
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
 class BatchStream(keras.utils.PyDataset):
@@ -66,7 +72,7 @@ class Monitor(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = float((logs or {}).get("loss", 0.0))
         if not math.isfinite(loss) or (self.max_loss is not None and loss > self.max_loss):
-            self.diverged = Diverged(int(self.model.optimizer.iterations.numpy()), loss, self.max_loss)
+            self.diverged = Diverged(iterations(self.model), loss, self.max_loss)
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
@@ -77,7 +83,37 @@ class Monitor(keras.callbacks.Callback):
                               ("val_loss", "val_loss"), ("val_accuracy", "val_accuracy"))
             if key in logs
         }
-        self.on_eval(int(self.model.optimizer.iterations.numpy()), metrics)
+        self.on_eval(iterations(self.model), metrics)
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Training speed without start-up and validation: images/s over steps 2..N, and when step 1 ended.
+
+    Step 1 includes tracing/compilation, so it is timed apart (`first_step_unix`).
+    """
+
+    def __init__(self, batch_size: int):
+        super().__init__()
+        self.batch_size = batch_size
+        self.first_step_unix: float | None = None
+        self.seconds, self.steps = 0.0, 0
+        self._last: float | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._last = time.perf_counter() if self.first_step_unix is not None else None
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        if self.first_step_unix is None:
+            self.first_step_unix = time.time()
+        elif self._last is not None:
+            self.seconds += now - self._last
+            self.steps += 1
+        self._last = now
+
+    @property
+    def images_per_second(self) -> float | None:
+        return self.steps * self.batch_size / self.seconds if self.seconds else None
 
 
 @dataclass
@@ -85,6 +121,7 @@ class FitResult:
     history: list[dict] = field(default_factory=list)  # {"step": ..., "train_loss": ..., ...}
     diverged: Diverged | None = None
     steps: int = 0
+    timer: StepTimer | None = None
 
 
 def total_steps(trainer: dict, n_train: int) -> int:
@@ -105,7 +142,8 @@ def fit(model, data, trainer: dict, on_eval=None) -> FitResult:
     stream = BatchStream(data.x_train, data.y_train, trainer["batch_size"], steps, trainer["shuffle"], trainer["seed"])
     chunk = min(trainer["eval_every"] or stream.per_epoch, steps)
     monitor = Monitor(record, trainer["max_loss"])
-    callbacks = [monitor]
+    timer = StepTimer(trainer["batch_size"])
+    callbacks = [timer, monitor]
     if trainer["early_stopping"]:
         callbacks.append(keras.callbacks.EarlyStopping(**trainer["early_stopping"]))
     with warnings.catch_warnings():
@@ -120,6 +158,6 @@ def fit(model, data, trainer: dict, on_eval=None) -> FitResult:
             callbacks=callbacks,
             verbose=trainer["verbose"],
         )
-    result.diverged = monitor.diverged
-    result.steps = int(model.optimizer.iterations.numpy())
+    result.diverged, result.timer = monitor.diverged, timer
+    result.steps = iterations(model)
     return result

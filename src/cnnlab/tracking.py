@@ -126,7 +126,9 @@ def ensure_experiment(client, name: str, location: str | None) -> str:
     if found:
         return found.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=location)
+        # the MLflow UI then opens it in its model-training view (metrics, params, artifacts)
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={"mlflow.experimentKind": "custom_model_development"})
     except Exception:
         found = client.get_experiment_by_name(name)  # another process created it first
         if found:

@@ -64,6 +64,8 @@ def compile_model(model, run) -> None:
         optimizer=make_optimizer(run.optimizer),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=run.trainer["jit_compile"],
+        steps_per_execution=run.trainer["steps_per_execution"],
     )
 
 
@@ -98,6 +100,7 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
     keras.utils.set_random_seed(seed)
     if run.trainer["deterministic"]:
         make_deterministic()
+    keras.config.set_dtype_policy(run.trainer["mixed_precision"] or "float32")  # global: reset for every job
     model = build_model(run.arch, seed)
     verify_model(run.arch, model)
     compile_model(model, run)
@@ -124,6 +127,8 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
         if not result.diverged:
             test, predicted = evaluate(model, data, from_logits)
             final.update(test, train_seconds=seconds)
+            if result.timer.images_per_second:
+                final["images_per_second"] = result.timer.images_per_second
             tracker.log_metrics(result.steps, {k: v for k, v in final.items() if k != "initial_loss"})
         else:
             tracker.set_tags({"diverged": "true", "diverged_at_step": str(result.diverged.step)})
@@ -131,6 +136,8 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
             with tempfile.TemporaryDirectory() as tmp:
                 write_artifacts(Path(tmp), run, name, result, diag, data, predicted, model)
                 tracker.log_artifacts(tmp)
+        if result.timer.first_step_unix:
+            tracker.set_tags({"timing.first_step_unix": f"{result.timer.first_step_unix:.3f}"})
         if result.diverged:
             raise result.diverged
         tracker.end("FINISHED")

@@ -28,6 +28,12 @@ def _verbose(v, path):
     raise ConfigError(path, f"{show(v)} is not one of auto | 0 | 1 | 2")
 
 
+def _jit_compile(v, path):
+    if v == "auto" or isinstance(v, bool):
+        return v
+    raise ConfigError(path, f"{show(v)} is not one of auto | true | false")
+
+
 EARLY_STOPPING_FIELDS = {
     "monitor": Field(choice("val_loss", "val_accuracy"), "val_loss"),
     "patience": Field(positive_int, 3),
@@ -53,6 +59,10 @@ TRAINER_FIELDS = {
     # a loss this large is divergence too: N(0,1) weights at a high lr blow up to ~1e26 and then
     # their ReLUs die (the loss falls back to log(10)) without ever reaching NaN
     "max_loss": Field(optional(positive_number), 1e12),
+    # fast paths (Keras compile options and dtype policy)
+    "jit_compile": Field(_jit_compile, "auto"),
+    "steps_per_execution": Field(positive_int, 1),
+    "mixed_precision": Field(optional(choice("mixed_float16", "mixed_bfloat16")), None),
 }
 
 

@@ -1,0 +1,123 @@
+"""cnnlab vs hand-written Keras: whole-process wall time, training throughput, time to first step, peak RSS.
+
+    python benchmarks/bench.py --steps 100 --repeats 3
+    python benchmarks/bench.py --steps 100 --repeats 1 --only-cnnlab --variant trainer.steps_per_execution=10
+
+Runs `python run.py model=ltfn5 init=he trainer.steps=N` (tracking on, into a
+temporary SQLite store) and `python benchmarks/handwritten_ltfn5.py --steps N`
+alternately, each as a fresh process, and prints a Markdown table of medians
+and ratios (cnnlab / hand-written). Throughput is images/s over steps 2..N,
+validation excluded, measured by the same callback logic on both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def timed(cmd: list[str], env: dict) -> dict:
+    """Run one process; wall seconds from spawn to exit, stdout, stderr, spawn time."""
+    spawn = time.time()
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"error: {' '.join(cmd)} exited {proc.returncode}:\n{err[-2000:]}")
+    return {"wall": wall, "spawn": spawn, "stdout": out, "stderr": err}
+
+
+def peak_rss_mb(cmd: list[str], env: dict) -> tuple[dict, float]:
+    """timed() plus the command's peak RSS, read by a small wrapper process (the same for both sides)."""
+    wrapper = ("import resource, subprocess, sys;"
+               "r = subprocess.run(sys.argv[1:]);"
+               "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr);"
+               "sys.exit(r.returncode)")
+    result = timed([sys.executable, "-c", wrapper, *cmd], env)
+    kb = next(int(line.split()[1]) for line in result["stderr"].splitlines() if line.startswith("PEAK_RSS_KB"))
+    return result, kb / 1024
+
+
+def run_cnnlab(steps: int, variant: list[str], env: dict) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        cmd = [sys.executable, "run.py", "model=ltfn5", "init=he", f"trainer.steps={steps}", f"tracking.uri={uri}",
+               "trainer.verbose=0", f"hydra.run.dir={tmp}/hydra", *variant]
+        result, rss = peak_rss_mb(cmd, env)
+        client = MlflowClient(tracking_uri=uri)
+        run = client.search_runs([e.experiment_id for e in client.search_experiments()])[0]
+        first_step = float(run.data.tags["timing.first_step_unix"]) - result["spawn"]
+        return {"wall_s": result["wall"], "images_per_s": run.data.metrics["images_per_second"],
+                "first_step_s": first_step, "peak_rss_mb": rss, "test_accuracy": run.data.metrics["test_accuracy"]}
+
+
+def run_handwritten(steps: int, env: dict) -> dict:
+    cmd = [sys.executable, "benchmarks/handwritten_ltfn5.py", "--steps", str(steps)]
+    result, rss = peak_rss_mb(cmd, env)
+    out = json.loads(result["stdout"].strip().splitlines()[-1])
+    return {"wall_s": result["wall"], "images_per_s": out["images_per_second"],
+            "first_step_s": out["first_step_unix"] - result["spawn"], "peak_rss_mb": rss,
+            "test_accuracy": out["test_accuracy"]}
+
+
+KEYS = ("wall_s", "images_per_s", "first_step_s", "peak_rss_mb", "test_accuracy")
+
+
+def table(results: dict[str, list[dict]]) -> str:
+    med = {name: {k: statistics.median(r[k] for r in rows) for k in KEYS} for name, rows in results.items()}
+    lines = ["| run | repeats | wall s | images/s | first step s | peak RSS MB | test acc |", "|---|---|---|---|---|---|---|"]
+    for name, m in med.items():
+        lines.append(f"| {name} | {len(results[name])} | {m['wall_s']:.2f} | {m['images_per_s']:.0f} | "
+                     f"{m['first_step_s']:.2f} | {m['peak_rss_mb']:.0f} | {m['test_accuracy']:.4f} |")
+    if "hand-written" in med:
+        base = med["hand-written"]
+        for name, m in med.items():
+            if name != "hand-written":
+                lines.append(f"| {name} / hand-written | | {m['wall_s'] / base['wall_s']:.3f}× | "
+                             f"{m['images_per_s'] / base['images_per_s']:.3f}× | "
+                             f"{m['first_step_s'] / base['first_step_s']:.3f}× | "
+                             f"{m['peak_rss_mb'] / base['peak_rss_mb']:.3f}× | |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only-cnnlab", action="store_true")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="extra cnnlab overrides, space-separated; repeat for several variants")
+    args = parser.parse_args()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.setdefault("CNNLAB_DATA_DIR", str(REPO.parent / "shared" / "datasets"))
+    variants = {"cnnlab": []} | {f"cnnlab {v}": v.split() for v in args.variant}
+    results: dict[str, list[dict]] = {name: [] for name in variants}
+    if not args.only_cnnlab:
+        results["hand-written"] = []
+    for i in range(args.repeats):
+        for name, overrides in variants.items():
+            results[name].append(run_cnnlab(args.steps, overrides, env))
+            print(f"[{i + 1}/{args.repeats}] {name}: {results[name][-1]}", file=sys.stderr)
+        if not args.only_cnnlab:
+            results["hand-written"].append(run_handwritten(args.steps, env))
+            print(f"[{i + 1}/{args.repeats}] hand-written: {results['hand-written'][-1]}", file=sys.stderr)
+    print(f"steps={args.steps}, batch 100, LTFN5 on MNIST, {os.cpu_count()} CPUs, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}\n")
+    print(table(results))
+    print("\n" + json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
