@@ -12,6 +12,8 @@ Example:
 from __future__ import annotations
 
 import math
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from cnnlab.fields import Field, boolean, check_fields, optional, string
@@ -64,12 +66,22 @@ class Tracker:
         >>> t.log_metrics(100, {"val_accuracy": 0.9}); t.end("FINISHED")     # doctest: +SKIP
     """
 
-    def __init__(self, client, run_id: str):
+    def __init__(self, client, run_id: str, seconds: float = 0.0):
         self.client, self.run_id = client, run_id
+        self.seconds = seconds  # wall time spent in MLflow so far, import included: the cost of tracking
+
+    @contextmanager
+    def _clock(self):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - started
 
     @classmethod
     def start(cls, uri: str, experiment: str, run_name: str, tags: dict | None = None,
               parent_run_id: str | None = None) -> "Tracker":
+        started = time.perf_counter()
         from mlflow.tracking import MlflowClient
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -79,33 +91,35 @@ class Tracker:
         if parent_run_id:
             tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
         run = client.create_run(experiment_id, run_name=run_name, tags=tags)
-        return cls(client, run.info.run_id)
+        return cls(client, run.info.run_id, time.perf_counter() - started)
 
     def log_params(self, params: dict[str, str]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, v[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(self.run_id, params=items[i : i + 100])
+        with self._clock():
+            for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+                self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+        with self._clock():
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         """One batched call per evaluation; non-finite values are left out (the run's tags tell why)."""
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(v)]
         if items:
-            self.client.log_batch(self.run_id, metrics=items)
+            with self._clock():
+                self.client.log_batch(self.run_id, metrics=items)
 
     def log_artifacts(self, folder) -> None:
-        self.client.log_artifacts(self.run_id, str(folder))
+        with self._clock():
+            self.client.log_artifacts(self.run_id, str(folder))
 
     def end(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status)

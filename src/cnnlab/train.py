@@ -138,6 +138,8 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
                 tracker.log_artifacts(tmp)
         if result.timer.first_step_unix:
             tracker.set_tags({"timing.first_step_unix": f"{result.timer.first_step_unix:.3f}"})
+        if run.tracking["enabled"]:  # what MLflow cost this run (import, store, logging, artifacts)
+            tracker.log_metrics(result.steps, {"tracking_seconds": tracker.seconds})
         if result.diverged:
             raise result.diverged
         tracker.end("FINISHED")
