@@ -179,3 +179,11 @@ def test_real_mnist_small_budget(compose):
     assert len(run.dataset) and run.dataset["val_size"] == 5000
     result = train(run)
     assert result["test_accuracy"] > 0.7
+
+
+def test_cli_unusable_tracking_store_one_line_exit_2():
+    p = run_cli("model=tiny", "dataset=synthetic", "trainer.steps=5", "tracking.uri=sqlite:////proc/cnnlab/mlflow.db")
+    assert p.returncode == 2
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: tracking.uri: cannot record to MLflow")
+    assert "Traceback" not in p.stderr

@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import platform
+import shutil
 import subprocess
 import tempfile
 import time
@@ -19,8 +20,9 @@ import numpy as np
 
 from cnnlab.builder import build_model, shape_table, verify_model
 from cnnlab.data import load_data
+from cnnlab.errors import ConfigError
 from cnnlab.plots import confusion_matrix, learning_curve
-from cnnlab.tracking import REPO_ROOT, NoTracker, Tracker, flatten, tracking_uri
+from cnnlab.tracking import REPO_ROOT, BackgroundTracker, NoTracker, Tracker, flatten, tracking_uri
 
 
 def run_name(run, choices: dict | None = None) -> str:
@@ -91,38 +93,33 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
     when the loss becomes NaN/inf, `DataError` (before any run exists) for bad data.
     """
     data = load_data(run.dataset)  # a data error must come before any MLflow run exists
-    from cnnlab.backend import device_name, keras, make_deterministic
-    from cnnlab.diagnostics import diagnostics_metrics, init_diagnostics
-    from cnnlab.fit import fit
-
-    keras.backend.clear_session()  # sweep jobs may share a worker process
-    seed = run.trainer["seed"]
-    keras.utils.set_random_seed(seed)
-    if run.trainer["deterministic"]:
-        make_deterministic()
-    keras.config.set_dtype_policy(run.trainer["mixed_precision"] or "float32")  # global: reset for every job
-    model = build_model(run.arch, seed)
-    verify_model(run.arch, model)
-    compile_model(model, run)
-    from_logits = run.arch.rows[-1].args.get("activation") != "softmax"
-
     name = run.tracking["run_name"] or name or run_name(run, choices)
-    diag = init_diagnostics(model, data.x_train[: run.trainer["batch_size"]], data.y_train[: run.trainer["batch_size"]],
-                            from_logits)
-    tracker = (Tracker.start(tracking_uri(run.tracking), run.tracking["experiment"], name, parent_run_id=parent_run_id)
-               if run.tracking["enabled"] else NoTracker())
+    tracking = run.tracking["enabled"]
+    tracker = NoTracker()
+    if tracking:  # MLflow's import and store open on a worker thread while Keras loads and builds
+        uri, experiment = tracking_uri(run.tracking), run.tracking["experiment"]
+        tracker = BackgroundTracker(lambda: Tracker.start(uri, experiment, name, parent_run_id=parent_run_id))
     try:
         tracker.log_params(flatten(run.resolved))
-        tracker.set_tags({
-            "hydra.overrides": " ".join(overrides) or "(none)", **git_state(), **versions(),
-            "keras.backend": keras.backend.backend(), "device": device_name(),
-            "data.source": data.source, "model.params": str(run.arch.total_params),
-            **{f"choice.{group}": option for group, option in (choices or {}).items()},
-        })
+        from cnnlab.diagnostics import diagnostics_metrics, init_diagnostics
+        from cnnlab.fit import fit
+
+        model, from_logits, keras = prepare_model(run)
+        tracker.set_tags(run_tags(run, data, overrides, choices, keras))
+        batch = slice(0, run.trainer["batch_size"])
+        diag = init_diagnostics(model, data.x_train[batch], data.y_train[batch], from_logits)
         tracker.log_metrics(0, diagnostics_metrics(diag))
+        try:
+            tracker.flush()  # a broken tracking URI fails here, before any training time is spent
+        except Exception as e:
+            raise ConfigError("tracking.uri", f"cannot record to MLflow at {tracking_uri(run.tracking)!r}: "
+                                              f"{type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
         started = time.perf_counter()
         result = fit(model, data, run.trainer, on_eval=tracker.log_metrics)
         seconds = time.perf_counter() - started
+        if tracking:
+            artifacts = Path(tempfile.mkdtemp(prefix="cnnlab-"))
+            tracker.run_in_background(write_plots, artifacts, name, result, diag)
         final, predicted = {"initial_loss": diag["initial_loss"]}, None
         if not result.diverged:
             test, predicted = evaluate(model, data, from_logits)
@@ -132,42 +129,75 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
             tracker.log_metrics(result.steps, {k: v for k, v in final.items() if k != "initial_loss"})
         else:
             tracker.set_tags({"diverged": "true", "diverged_at_step": str(result.diverged.step)})
-        if run.tracking["enabled"]:
-            with tempfile.TemporaryDirectory() as tmp:
-                write_artifacts(Path(tmp), run, name, result, diag, data, predicted, model)
-                tracker.log_artifacts(tmp)
-        if result.timer.first_step_unix:
-            tracker.set_tags({"timing.first_step_unix": f"{result.timer.first_step_unix:.3f}"})
-        if run.tracking["enabled"]:  # what MLflow cost this run (import, store, logging, artifacts)
-            tracker.log_metrics(result.steps, {"tracking_seconds": tracker.seconds})
+        if tracking:
+            write_run_files(artifacts, run, model if predicted is not None else None)
+            if predicted is not None:
+                tracker.run_in_background(confusion_matrix, data.y_test, predicted, run.dataset["num_classes"],
+                                          f"{name}: test set", artifacts / "confusion_matrix.png")
+            tracker.log_artifacts(str(artifacts))
+            tracker.run_in_background(shutil.rmtree, artifacts, ignore_errors=True)
+            if result.timer.first_step_unix:
+                tracker.set_tags({"timing.first_step_unix": f"{result.timer.first_step_unix:.3f}"})
+            tracker.flush()
+            # what MLflow cost: its own time (on the worker thread) and the time the run waited for it
+            tracker.log_metrics(result.steps, {"tracking_seconds": tracker.seconds,
+                                               "tracking_wait_seconds": tracker.waited})
         if result.diverged:
             raise result.diverged
         tracker.end("FINISHED")
-    except KeyboardInterrupt:
-        tracker.end("KILLED")
-        raise
-    except BaseException:
-        tracker.end("FAILED")
+    except BaseException as e:
+        try:
+            tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        except Exception:
+            pass  # a tracking error is secondary to the one being raised
         raise
     print(f"{name}: test_accuracy={final['test_accuracy']:.4f} test_loss={final['test_loss']:.4f} "
-          f"({result.steps} steps in {seconds:.1f} s)" + (f", MLflow run {tracker.run_id}" if tracker.run_id else ""))
+          f"({result.steps} steps in {seconds:.1f} s)" + (f", MLflow run {tracker.run_id}" if tracking else ""))
     last_eval = result.history[-1] if result.history else {}
-    return {**final, "val_accuracy": last_eval.get("val_accuracy"), "steps": result.steps, "run_id": tracker.run_id}
+    return {**final, "val_accuracy": last_eval.get("val_accuracy"), "steps": result.steps,
+            "run_id": tracker.run_id if tracking else None}
 
 
-def write_artifacts(folder: Path, run, name, result, diag, data, predicted, model) -> None:
-    """config.yaml, shape_table.txt and the plots; the model only when training finished."""
-    from omegaconf import OmegaConf
+def prepare_model(run):
+    """Seed, build, check against the shape table and compile; returns (model, from_logits, keras)."""
+    from cnnlab.backend import keras, make_deterministic
 
+    keras.backend.clear_session()  # sweep jobs may share a worker process
+    keras.utils.set_random_seed(run.trainer["seed"])
+    if run.trainer["deterministic"]:
+        make_deterministic()
+    keras.config.set_dtype_policy(run.trainer["mixed_precision"] or "float32")  # global: reset for every job
+    model = build_model(run.arch, run.trainer["seed"])
+    verify_model(run.arch, model)
+    compile_model(model, run)
+    return model, run.arch.rows[-1].args.get("activation") != "softmax", keras
+
+
+def run_tags(run, data, overrides, choices, keras) -> dict[str, str]:
+    from cnnlab.backend import device_name
+
+    return {
+        "hydra.overrides": " ".join(overrides) or "(none)", **git_state(), **versions(),
+        "keras.backend": keras.backend.backend(), "device": device_name(), "data.source": data.source,
+        "model.params": str(run.arch.total_params),
+        **{f"choice.{group}": option for group, option in (choices or {}).items()},
+    }
+
+
+def write_plots(folder: Path, name: str, result, diag) -> None:
+    """The learning curve and the init diagnostics (rendered on the tracking thread)."""
     from cnnlab.diagnostics import plot_diagnostics
 
-    (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run.resolved)))
-    (folder / "shape_table.txt").write_text(shape_table(run.arch) + "\n")
     plot_diagnostics({name: diag}, folder / "init_diagnostics.png", f"{name}: activation scale at initialisation")
     if result.history:
         learning_curve(result.history, name, folder / "learning_curve.png")
-    if predicted is not None:
-        confusion_matrix(data.y_test, predicted, run.dataset["num_classes"], f"{name}: test set",
-                         folder / "confusion_matrix.png")
-        if run.tracking["log_model"]:
-            model.save(folder / "model.keras")
+
+
+def write_run_files(folder: Path, run, model=None) -> None:
+    """config.yaml, shape_table.txt, and the model when training finished (`tracking.log_model`)."""
+    from omegaconf import OmegaConf
+
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run.resolved)))
+    (folder / "shape_table.txt").write_text(shape_table(run.arch) + "\n")
+    if model is not None and run.tracking["log_model"]:
+        model.save(folder / "model.keras")
