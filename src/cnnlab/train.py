@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import subprocess
@@ -126,6 +127,7 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
             final.update(test, train_seconds=seconds)
             if result.timer.images_per_second:
                 final["images_per_second"] = result.timer.images_per_second
+            final.update(memory_mb())
             tracker.log_metrics(result.steps, {k: v for k, v in final.items() if k != "initial_loss"})
         else:
             tracker.set_tags({"diverged": "true", "diverged_at_step": str(result.diverged.step)})
@@ -156,6 +158,19 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
     last_eval = result.history[-1] if result.history else {}
     return {**final, "val_accuracy": last_eval.get("val_accuracy"), "steps": result.steps,
             "run_id": tracker.run_id if tracking else None}
+
+
+def memory_mb() -> dict[str, float]:
+    """This process's resident memory now and at its peak (a reused sweep worker shows any growth)."""
+    import resource
+
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        out["rss_mb"] = pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        pass  # not Linux
+    return out
 
 
 def prepare_model(run):
