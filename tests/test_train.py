@@ -11,7 +11,7 @@ import time
 import pytest
 
 from cnnlab.errors import DataError
-from cnnlab.fit import Diverged
+from cnnlab.errors import Diverged
 from cnnlab.schema import check_config
 from cnnlab.train import train
 from conftest import REPO, run_cli

@@ -84,7 +84,7 @@ def run_job(cfg):
         run = check_config(cfg)
         if run.dry_run:
             return dry_run(cfg, run)
-        from cnnlab.fit import Diverged
+        from cnnlab.errors import Diverged
         from cnnlab.train import train
 
         if threading.current_thread() is threading.main_thread():

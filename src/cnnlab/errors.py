@@ -1,6 +1,8 @@
-"""The one error type a user ever sees from a bad config or bad input."""
+"""The errors a user meets: a bad config or input (one line, exit 2) and a diverged run (exit 3)."""
 
 from __future__ import annotations
+
+import math
 
 
 class ConfigError(ValueError):
@@ -22,3 +24,12 @@ class ConfigError(ValueError):
 
 class DataError(ConfigError):
     """A data file that is missing, corrupt or cannot be downloaded."""
+
+
+class Diverged(Exception):
+    """The training loss became NaN, infinite, or larger than `trainer.max_loss`."""
+
+    def __init__(self, step: int, loss: float, max_loss: float | None):
+        self.step, self.loss = step, loss
+        why = "" if not math.isfinite(loss) else f" (above trainer.max_loss={max_loss:g})"
+        super().__init__(f"training diverged: loss became {loss:g}{why} at step {step}")

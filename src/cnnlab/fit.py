@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cnnlab.backend import keras
+from cnnlab.errors import Diverged
 
 
 def iterations(model) -> int:
@@ -47,15 +48,6 @@ class BatchStream(keras.utils.PyDataset):
         epoch, j = divmod(i, self.per_epoch)
         idx = self.orders[epoch][j * self.batch_size : (j + 1) * self.batch_size]
         return self.x[idx], self.y[idx]
-
-
-class Diverged(Exception):
-    """The training loss became NaN, infinite, or larger than `trainer.max_loss`."""
-
-    def __init__(self, step: int, loss: float, max_loss: float | None):
-        self.step, self.loss = step, loss
-        why = "" if not math.isfinite(loss) else f" (above trainer.max_loss={max_loss:g})"
-        super().__init__(f"training diverged: loss became {loss:g}{why} at step {step}")
 
 
 class Monitor(keras.callbacks.Callback):

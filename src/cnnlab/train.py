@@ -9,11 +9,13 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -93,9 +95,11 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
     Returns the final metrics. Raises `Diverged` (after marking the run FAILED)
     when the loss becomes NaN/inf, `DataError` (before any run exists) for bad data.
     """
+    tracking = run.tracking["enabled"]
+    if tracking:  # importing mlflow takes seconds: start it now, beside the data loading
+        threading.Thread(target=importlib.import_module, args=("mlflow.tracking",), daemon=True).start()
     data = load_data(run.dataset)  # a data error must come before any MLflow run exists
     name = run.tracking["run_name"] or name or run_name(run, choices)
-    tracking = run.tracking["enabled"]
     tracker = NoTracker()
     if tracking:  # MLflow's import and store open on a worker thread while Keras loads and builds
         uri, experiment = tracking_uri(run.tracking), run.tracking["experiment"]
