@@ -44,6 +44,10 @@ class BatchStream(keras.utils.PyDataset):
     def __len__(self) -> int:
         return self.steps
 
+    def release(self) -> None:
+        """Drop the arrays; a sweep worker runs many jobs and must not keep each one's data."""
+        self.x = self.y = self.orders = None
+
     def __getitem__(self, i: int):
         epoch, j = divmod(i, self.per_epoch)
         idx = self.orders[epoch][j * self.batch_size : (j + 1) * self.batch_size]
@@ -150,6 +154,7 @@ def fit(model, data, trainer: dict, on_eval=None) -> FitResult:
             callbacks=callbacks,
             verbose=trainer["verbose"],
         )
+    stream.release()  # TF's generator registry may outlive the job: keep it from pinning the data
     result.diverged, result.timer = monitor.diverged, timer
     result.steps = iterations(model)
     return result

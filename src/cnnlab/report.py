@@ -207,7 +207,7 @@ def markdown(records: list[dict], runs: dict, plots: list[str], diags: dict) -> 
     if diags:
         lines += ["", "## Activation scale at initialisation (one batch of 100 training images)", "",
                   "Standard deviation of each layer's output; in brackets, the factor by which the layer changed "
-                  "the scale of its input (pooling and flatten leave it nearly as is).", "",
+                  "the scale of its input (max pooling raises it a little, flatten not at all).", "",
                   "| layer | " + " | ".join(diags) + " |", "|---|" + "---|" * len(diags)]
         names = [r["name"] for r in next(iter(diags.values()))["layers"]]
         for i, layer in enumerate(names):

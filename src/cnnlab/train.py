@@ -157,11 +157,23 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
         except Exception:
             pass  # a tracking error is secondary to the one being raised
         raise
+    finally:
+        release_keras_state()
     print(f"{name}: test_accuracy={final['test_accuracy']:.4f} test_loss={final['test_loss']:.4f} "
           f"({result.steps} steps in {seconds:.1f} s)" + (f", MLflow run {tracker.run_id}" if tracking else ""))
     last_eval = result.history[-1] if result.history else {}
     return {**final, "val_accuracy": last_eval.get("val_accuracy"), "steps": result.steps,
             "run_id": tracker.run_id if tracking else None}
+
+
+def release_keras_state() -> None:
+    """Free this job's graphs and data before the next job in a reused sweep worker."""
+    import gc
+
+    from cnnlab.backend import keras
+
+    keras.backend.clear_session()
+    gc.collect()
 
 
 def memory_mb() -> dict[str, float]:
