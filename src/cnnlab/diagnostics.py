@@ -55,9 +55,9 @@ def diagnostics_metrics(diag: dict) -> dict[str, float]:
 
 def plot_diagnostics(series: dict[str, dict], path, title: str = "activation scale at initialisation") -> None:
     """Per-layer std (log scale), one line per labelled diagnostics dict, pre-activations dashed."""
-    from cnnlab.plots import _pyplot
+    from cnnlab.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for label, diag in series.items():
         names = [r["name"] for r in diag["layers"]]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,7 +19,7 @@ def _pyplot():
 
 def learning_curve(history: list[dict], title: str, path) -> None:
     """Loss and accuracy against optimizer steps; `history` holds dicts with a `step` key."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     steps = [h["step"] for h in history]
     for split, style in (("train", "-o"), ("val", "-s")):
@@ -41,7 +41,7 @@ def learning_curve(history: list[dict], title: str, path) -> None:
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, title: str, path) -> np.ndarray:
     """Plot counts of (true, predicted) pairs; returns the matrix."""
-    plt = _pyplot()
+    plt = pyplot()
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(matrix, (y_true, y_pred), 1)
     fig, ax = plt.subplots(figsize=(6, 5.5))

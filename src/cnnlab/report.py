@@ -92,9 +92,9 @@ def diag_series(client, run) -> dict:
 
 
 def curves_plot(client, runs: dict, path: Path) -> None:
-    from cnnlab.plots import _pyplot
+    from cnnlab.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for name in ("ltfn5_published", "ltfn6_published"):
         if name not in runs:
@@ -114,9 +114,9 @@ def curves_plot(client, runs: dict, path: Path) -> None:
 
 
 def grid_plot(cells: list[dict], path: Path) -> None:
-    from cnnlab.plots import _pyplot
+    from cnnlab.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     inits = [i for i in GRID_INITS if any(c["init"] == i for c in cells)]
     lrs = sorted({c["lr"] for c in cells})
     acc = np.full((len(inits), len(lrs)), np.nan)

@@ -141,9 +141,9 @@ def to_markdown(rows: list[dict]) -> str:
 
 def comparison_plot(client, rows: list[dict], path: Path) -> None:
     """Validation accuracy against steps, one line per job."""
-    from cnnlab.plots import _pyplot
+    from cnnlab.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     for r in rows:
         history = sorted(client.get_metric_history(r["run_id"], "val_accuracy"), key=lambda m: m.step)
