@@ -12,8 +12,10 @@ from conftest import run_cli
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
 def test_run_on_jax_backend(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # trainer.pipeline=tensors: the split as JAX arrays, batches gathered on the device
     p = run_cli("model=tiny", "dataset=synthetic", "optimizer=adam", "optimizer.lr=0.01", "trainer.steps=20",
-                "trainer.eval_every=10", "trainer.verbose=0", f"tracking.uri={uri}", env={"KERAS_BACKEND": "jax"})
+                "trainer.eval_every=10", "trainer.verbose=0",
+                "trainer.pipeline=tensors", f"tracking.uri={uri}", env={"KERAS_BACKEND": "jax"})
     assert p.returncode == 0, p.stderr[-3000:]
     from mlflow.tracking import MlflowClient
 

@@ -17,6 +17,10 @@ def init_diagnostics(model, x: np.ndarray, y: np.ndarray, from_logits: bool) -> 
     from cnnlab.backend import keras
 
     ops = keras.ops
+
+    def std(t) -> float:  # in float32: NumPy cannot hold a bfloat16 tensor (mixed_bfloat16 runs)
+        return float(ops.convert_to_numpy(ops.std(ops.cast(t, "float32"))))
+
     h = ops.convert_to_tensor(x)
     layers = []
     for layer in model.layers:
@@ -36,11 +40,11 @@ def init_diagnostics(model, x: np.ndarray, y: np.ndarray, from_logits: bool) -> 
             pre, h = None, layer(h, training=False)
         layers.append({
             "name": layer.name,
-            "preact_std": None if pre is None else float(ops.convert_to_numpy(ops.std(pre))),
-            "act_std": float(ops.convert_to_numpy(ops.std(h))),
+            "preact_std": None if pre is None else std(pre),
+            "act_std": std(h),
         })
     losses = keras.losses.sparse_categorical_crossentropy(y, h, from_logits=from_logits)
-    return {"layers": layers, "initial_loss": float(np.mean(ops.convert_to_numpy(losses)))}
+    return {"layers": layers, "initial_loss": float(np.mean(ops.convert_to_numpy(ops.cast(losses, "float32"))))}
 
 
 def diagnostics_metrics(diag: dict) -> dict[str, float]:

@@ -1,9 +1,9 @@
-"""The Keras side of training: batches in a fixed order, `model.fit`, divergence and metric hooks.
+"""The Keras side of training: `model.fit` over a step budget, divergence and metric hooks.
 
-The budget is counted in optimizer steps, as LTFN counts it: the batch
-stream walks the training set epoch after epoch (shuffled per epoch, or in
-file order with `trainer.shuffle=false`), and `fit` runs it in chunks of
-`trainer.eval_every` steps with a validation pass after each chunk.
+The budget is counted in optimizer steps, as LTFN counts it: the batches
+(`cnnlab.pipeline`) walk the training set epoch after epoch, and `fit` runs
+them in chunks of `trainer.eval_every` steps with a validation pass after
+each chunk.
 """
 
 from __future__ import annotations
@@ -13,45 +13,14 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from cnnlab.backend import keras
 from cnnlab.errors import Diverged
+from cnnlab.pipeline import training_batches
 
 
 def iterations(model) -> int:
     """Optimizer steps taken so far (backend-agnostic)."""
     return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-
-
-class BatchStream(keras.utils.PyDataset):
-    """Batch i of a run: epoch i // per_epoch, slice i % per_epoch of that epoch's order.
-
-    >>> s = BatchStream(np.zeros((5, 1)), np.arange(5), batch_size=2, steps=4, shuffle=False, seed=0)
-    >>> [s[i][1].tolist() for i in range(4)]
-    [[0, 1], [2, 3], [4], [0, 1]]
-    """
-
-    def __init__(self, x, y, batch_size: int, steps: int, shuffle: bool, seed: int):
-        super().__init__()
-        self.x, self.y, self.batch_size, self.steps = x, y, batch_size, steps
-        n = len(x)
-        self.per_epoch = math.ceil(n / batch_size)
-        epochs = math.ceil(steps / self.per_epoch)
-        rng = np.random.default_rng(seed)
-        self.orders = [rng.permutation(n) if shuffle else np.arange(n) for _ in range(epochs)]
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def release(self) -> None:
-        """Drop the arrays; a sweep worker runs many jobs and must not keep each one's data."""
-        self.x = self.y = self.orders = None
-
-    def __getitem__(self, i: int):
-        epoch, j = divmod(i, self.per_epoch)
-        idx = self.orders[epoch][j * self.batch_size : (j + 1) * self.batch_size]
-        return self.x[idx], self.y[idx]
 
 
 class Monitor(keras.callbacks.Callback):
@@ -86,6 +55,8 @@ class StepTimer(keras.callbacks.Callback):
     """Training speed without start-up and validation: images/s over steps 2..N, and when step 1 ended.
 
     Step 1 includes tracing/compilation, so it is timed apart (`first_step_unix`).
+    With `steps_per_execution=k`, Keras calls back once per k steps with the
+    last step's index, so steps are counted from that index, not from calls.
     """
 
     def __init__(self, batch_size: int):
@@ -94,17 +65,20 @@ class StepTimer(keras.callbacks.Callback):
         self.first_step_unix: float | None = None
         self.seconds, self.steps = 0.0, 0
         self._last: float | None = None
+        self._last_batch = -1
 
     def on_epoch_begin(self, epoch, logs=None):
         self._last = time.perf_counter() if self.first_step_unix is not None else None
+        self._last_batch = -1
 
     def on_train_batch_end(self, batch, logs=None):
         now = time.perf_counter()
+        done, self._last_batch = batch - self._last_batch, batch
         if self.first_step_unix is None:
             self.first_step_unix = time.time()
         elif self._last is not None:
             self.seconds += now - self._last
-            self.steps += 1
+            self.steps += done
         self._last = now
 
     @property
@@ -135,8 +109,8 @@ def fit(model, data, trainer: dict, on_eval=None) -> FitResult:
             on_eval(step, metrics)
 
     steps = total_steps(trainer, len(data.x_train))
-    stream = BatchStream(data.x_train, data.y_train, trainer["batch_size"], steps, trainer["shuffle"], trainer["seed"])
-    chunk = min(trainer["eval_every"] or stream.per_epoch, steps)
+    batches = training_batches(data.x_train, data.y_train, trainer, steps)
+    chunk = min(trainer["eval_every"] or batches.per_epoch, steps)
     monitor = Monitor(record, trainer["max_loss"])
     timer = StepTimer(trainer["batch_size"])
     callbacks = [timer, monitor]
@@ -146,15 +120,16 @@ def fit(model, data, trainer: dict, on_eval=None) -> FitResult:
         # the last chunk may be shorter than eval_every; Keras warns that the stream "ran out"
         warnings.filterwarnings("ignore", message="Your input ran out of data")
         model.fit(
-            stream,
+            getattr(batches, "dataset", batches),
             epochs=math.ceil(steps / chunk),
             steps_per_epoch=chunk,
+            shuffle=False,  # the order is the pipeline's; Keras would otherwise permute a PyDataset's batches
             validation_data=(data.x_val, data.y_val) if len(data.x_val) else None,
             validation_batch_size=500,
             callbacks=callbacks,
             verbose=trainer["verbose"],
         )
-    stream.release()  # TF's generator registry may outlive the job: keep it from pinning the data
+    batches.release()  # TF's generator registry may outlive the job: keep it from pinning the data
     result.diverged, result.timer = monitor.diverged, timer
     result.steps = iterations(model)
     return result

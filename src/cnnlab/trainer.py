@@ -63,6 +63,7 @@ TRAINER_FIELDS = {
     "jit_compile": Field(_jit_compile, "auto"),
     "steps_per_execution": Field(positive_int, 1),
     "mixed_precision": Field(optional(choice("mixed_float16", "mixed_bfloat16")), None),
+    "pipeline": Field(choice("pydataset", "tensors"), "pydataset"),
 }
 
 

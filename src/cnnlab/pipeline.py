@@ -1,0 +1,92 @@
+"""Training batches for a step budget: the same batch order from two input pipelines (`trainer.pipeline`).
+
+Batch i of a run is slice i % per_epoch of epoch i // per_epoch's order
+(shuffled per epoch from `trainer.seed`, or file order). Both pipelines
+yield exactly these batches:
+
+- `pydataset` (default): a `keras.utils.PyDataset` slices NumPy arrays on a
+  Python thread; Keras prefetches. Runs on every backend.
+- `tensors`: the training split is copied once into backend tensors and each
+  batch is gathered by the backend. TensorFlow: a `tf.data` pipeline
+  (index batch -> gather -> prefetch), no Python per batch. JAX: the arrays
+  live on the default device (the GPU when there is one) and the gather
+  runs there, so batches never cross the host bus.
+
+Example:
+    >>> orders = epoch_orders(5, batch_size=2, steps=4, shuffle=False, seed=0)
+    >>> s = BatchStream(np.zeros((5, 1)), np.arange(5), 2, 4, orders)
+    >>> [s[i][1].tolist() for i in range(4)]
+    [[0, 1], [2, 3], [4], [0, 1]]
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from cnnlab.backend import keras
+
+
+def epoch_orders(n: int, batch_size: int, steps: int, shuffle: bool, seed: int) -> np.ndarray:
+    """One row of example indices per epoch the budget touches."""
+    epochs = math.ceil(steps / math.ceil(n / batch_size))
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.permutation(n) if shuffle else np.arange(n) for _ in range(epochs)])
+
+
+class BatchStream(keras.utils.PyDataset):
+    """The batches of a run from arrays: NumPy (sliced on the host) or backend tensors (gathered by the backend)."""
+
+    def __init__(self, x, y, batch_size: int, steps: int, orders: np.ndarray):
+        super().__init__()
+        self.x, self.y, self.batch_size, self.steps, self.orders = x, y, batch_size, steps, orders
+        self.per_epoch = math.ceil(len(x) / batch_size)
+        self._on_backend = not isinstance(x, np.ndarray)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def release(self) -> None:
+        """Drop the arrays; a sweep worker runs many jobs and must not keep each one's data."""
+        self.x = self.y = self.orders = None
+
+    def __getitem__(self, i: int):
+        epoch, j = divmod(i, self.per_epoch)
+        idx = self.orders[epoch][j * self.batch_size : (j + 1) * self.batch_size]
+        if self._on_backend:
+            idx = keras.ops.convert_to_tensor(idx)
+            return keras.ops.take(self.x, idx, axis=0), keras.ops.take(self.y, idx, axis=0)
+        return self.x[idx], self.y[idx]
+
+
+class TFDatasetBatches:
+    """The same batches as a `tf.data.Dataset`: the split as graph constants, gathered and prefetched by TF."""
+
+    def __init__(self, x, y, batch_size: int, steps: int, orders: np.ndarray):
+        import tensorflow as tf
+
+        self.per_epoch = math.ceil(len(x) / batch_size)
+        xs, ys = tf.constant(x), tf.constant(y)
+        self.dataset = (
+            tf.data.Dataset.from_tensor_slices(orders)
+            .flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
+            .take(steps)
+            .map(lambda idx: (tf.gather(xs, idx), tf.gather(ys, idx)), num_parallel_calls=tf.data.AUTOTUNE,
+                 deterministic=True)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+
+    def release(self) -> None:
+        self.dataset = None
+
+
+def training_batches(x, y, trainer: dict, steps: int):
+    """The run's batch source for `model.fit`: has `.per_epoch` and `.release()`; `.dataset` or itself is fed to fit."""
+    orders = epoch_orders(len(x), trainer["batch_size"], steps, trainer["shuffle"], trainer["seed"])
+    args = (trainer["batch_size"], steps, orders)
+    if trainer["pipeline"] == "pydataset":
+        return BatchStream(x, y, *args)
+    if keras.backend.backend() == "tensorflow":
+        return TFDatasetBatches(x, y, *args)
+    return BatchStream(keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y), *args)
