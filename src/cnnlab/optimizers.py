@@ -2,7 +2,10 @@
 
 Example:
     >>> check_optimizer({"name": "sgd", "lr": 0.05}, "optimizer")
-    {'name': 'sgd', 'lr': 0.05, 'momentum': 0.0, 'nesterov': False}
+    {'name': 'sgd', 'lr': 0.05, 'schedule': 'constant', 'momentum': 0.0, 'nesterov': False}
+
+`schedule: cosine` decays the rate from `lr` to 0 over the run's budget
+(`keras.optimizers.schedules.CosineDecay`); `constant` keeps it at `lr`.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from cnnlab.errors import ConfigError
 from cnnlab.fields import Field, boolean, check_fields, choice, fraction, positive_number, show, unit_interval_open
 
-_LR = {"lr": Field(positive_number)}
+_LR = {"lr": Field(positive_number), "schedule": Field(choice("constant", "cosine"), "constant")}
 _ADAM = {
     "beta_1": Field(unit_interval_open, 0.9),
     "beta_2": Field(unit_interval_open, 0.999),
@@ -37,9 +40,12 @@ def check_optimizer(cfg, path: str = "optimizer") -> dict:
     return {"name": name, **rest}
 
 
-def make_optimizer(spec: dict):
-    """A fresh Keras optimizer for one run."""
+def make_optimizer(spec: dict, total_steps: int):
+    """A fresh Keras optimizer for one run of `total_steps` optimizer steps."""
     import keras
 
-    kwargs = {k: v for k, v in spec.items() if k not in ("name", "lr")}
-    return getattr(keras.optimizers, OPTIMIZERS[spec["name"]][0])(learning_rate=spec["lr"], **kwargs)
+    lr = spec["lr"]
+    if spec["schedule"] == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=total_steps)
+    kwargs = {k: v for k, v in spec.items() if k not in ("name", "lr", "schedule")}
+    return getattr(keras.optimizers, OPTIMIZERS[spec["name"]][0])(learning_rate=lr, **kwargs)

@@ -59,14 +59,14 @@ def versions() -> dict[str, str]:
     return out
 
 
-def compile_model(model, run) -> None:
+def compile_model(model, run, total_steps: int) -> None:
     from cnnlab.backend import keras
     from cnnlab.optimizers import make_optimizer
 
     # softmax cross-entropy on the logits the output layer emits (or on its softmax, if it has one)
     from_logits = run.arch.rows[-1].args.get("activation") != "softmax"
     model.compile(
-        optimizer=make_optimizer(run.optimizer),
+        optimizer=make_optimizer(run.optimizer, total_steps),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=run.trainer["jit_compile"],
@@ -107,9 +107,9 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
     try:
         tracker.log_params(flatten(run.resolved))
         from cnnlab.diagnostics import diagnostics_metrics, init_diagnostics
-        from cnnlab.fit import fit
+        from cnnlab.fit import fit, total_steps
 
-        model, from_logits, keras = prepare_model(run)
+        model, from_logits, keras = prepare_model(run, total_steps(run.trainer, len(data.x_train)))
         tracker.set_tags(run_tags(run, data, overrides, choices, keras))
         batch = slice(0, run.trainer["batch_size"])
         diag = init_diagnostics(model, data.x_train[batch], data.y_train[batch], from_logits)
@@ -189,8 +189,11 @@ def memory_mb() -> dict[str, float]:
     return out
 
 
-def prepare_model(run):
-    """Seed, build, check against the shape table and compile; returns (model, from_logits, keras)."""
+def prepare_model(run, total_steps: int):
+    """Seed, build, check against the shape table and compile; returns (model, from_logits, keras).
+
+    `total_steps` is the run's budget in optimizer steps (a learning-rate schedule spans it).
+    """
     from cnnlab.backend import keras, make_deterministic
 
     keras.backend.clear_session()  # sweep jobs may share a worker process
@@ -200,7 +203,7 @@ def prepare_model(run):
     keras.config.set_dtype_policy(run.trainer["mixed_precision"] or "float32")  # global: reset for every job
     model = build_model(run.arch, run.trainer["seed"])
     verify_model(run.arch, model)
-    compile_model(model, run)
+    compile_model(model, run, total_steps)
     return model, run.arch.rows[-1].args.get("activation") != "softmax", keras
 
 
