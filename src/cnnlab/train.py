@@ -214,6 +214,7 @@ def run_tags(run, data, overrides, choices, keras) -> dict[str, str]:
         "hydra.overrides": " ".join(overrides) or "(none)", **git_state(), **versions(),
         "keras.backend": keras.backend.backend(), "device": device_name(), "data.source": data.source,
         "model.params": str(run.arch.total_params),
+        "process.pid": str(os.getpid()),  # which sweep worker ran the job (memory is per process)
         **{f"choice.{group}": option for group, option in (choices or {}).items()},
     }
 
