@@ -16,7 +16,7 @@ PRESETS = sorted(p.stem for p in (CONF_DIR / "optimizer").glob("*.yaml"))
 def test_preset_builds_keras_optimizer(compose, preset):
     spec = check_config(compose(f"optimizer={preset}")).optimizer
     opt = make_optimizer(spec, total_steps=100)
-    assert type(opt).__name__.lower() == preset
+    assert type(opt).__name__.lower() == spec["name"]
     assert float(keras.ops.convert_to_numpy(opt.learning_rate)) == pytest.approx(spec["lr"])
 
 

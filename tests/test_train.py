@@ -121,6 +121,23 @@ def test_fast_paths_train(compose, fast_path):
     assert result["images_per_second"] > 100
 
 
+def test_mixed_precision_auto_uses_bfloat16_only_where_native(compose, tmp_path):
+    """`auto` picks mixed_bfloat16 on a CPU with AMX/AVX512-BF16 (emulated bf16 elsewhere is far slower)."""
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("the CPU rule; a GPU decides by its compute capability")
+    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+    expected = "mixed_bfloat16" if {"amx_bf16", "avx512_bf16"} & set(flags) else "float32"
+    uri = store(tmp_path)
+    result = train(check_config(compose(*FAST, f"tracking.uri={uri}", "tracking.log_model=false",
+                                        "trainer.mixed_precision=auto")))
+    _, (run,) = runs(uri)
+    assert run.data.tags["dtype_policy"] == expected
+    assert run.data.params["trainer.mixed_precision"] == "auto"
+    assert result["test_accuracy"] > 0.9
+
+
 def test_missing_data_file_creates_no_run(compose, tmp_path):
     uri = store(tmp_path)
     run = check_config(compose("dataset.path=/nonexistent/mnist.npz", f"tracking.uri={uri}"))

@@ -13,7 +13,7 @@ os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
 import keras  # noqa: E402
 
-__all__ = ["keras", "device_name", "make_deterministic"]
+__all__ = ["keras", "device_name", "make_deterministic", "bfloat16_is_native", "dtype_policy"]
 
 
 def device_name() -> str:
@@ -45,3 +45,42 @@ def make_deterministic() -> None:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
+
+
+def bfloat16_is_native() -> bool:
+    """Whether the device computes in bfloat16 natively, so that mixed_bfloat16 is faster, not slower.
+
+    GPUs from NVIDIA Ampere on (compute capability 8.0) and TPUs do; on the CPU,
+    Intel AMX or AVX512-BF16 does (elsewhere bfloat16 is emulated and far slower).
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            return tuple(tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))) >= (8, 0)
+    elif backend == "jax":
+        import jax
+
+        d = jax.devices()[0]
+        if d.platform == "tpu":
+            return True
+        if d.platform == "gpu":
+            return float(getattr(d, "compute_capability", 0) or 0) >= 8.0
+    return bool(_cpu_flags() & {"amx_bf16", "avx512_bf16"})
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()  # not Linux: assume no native bfloat16
+
+
+def dtype_policy(mixed_precision: str | None) -> str:
+    """The Keras dtype policy for `trainer.mixed_precision` (`auto`: mixed_bfloat16 where it is native)."""
+    if mixed_precision == "auto":
+        return "mixed_bfloat16" if bfloat16_is_native() else "float32"
+    return mixed_precision or "float32"

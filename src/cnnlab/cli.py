@@ -92,7 +92,7 @@ def run_job(cfg):
         name = sweep_child_name(overrides) if in_sweep else None
         try:
             return train(run, overrides, choices, parent_run_id=os.environ.get(PARENT_ENV) if in_sweep else None,
-                         name=name)["val_accuracy"]
+                         name=name, release=in_sweep)["val_accuracy"]
         except Diverged as e:
             if not in_sweep:
                 fail(str(e), EXIT_DIVERGED)

@@ -89,7 +89,7 @@ def evaluate(model, data, from_logits: bool) -> tuple[dict, np.ndarray]:
 
 
 def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
-          parent_run_id: str | None = None, name: str | None = None) -> dict:
+          parent_run_id: str | None = None, name: str | None = None, release: bool = True) -> dict:
     """Train and evaluate one validated run; track it in MLflow unless `tracking.enabled` is false.
 
     Returns the final metrics. Raises `Diverged` (after marking the run FAILED)
@@ -158,7 +158,8 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
             pass  # a tracking error is secondary to the one being raised
         raise
     finally:
-        release_keras_state()
+        if release:  # a sweep worker runs the next job in this process; a single run just exits
+            release_keras_state()
     print(f"{name}: test_accuracy={final['test_accuracy']:.4f} test_loss={final['test_loss']:.4f} "
           f"({result.steps} steps in {seconds:.1f} s)" + (f", MLflow run {tracker.run_id}" if tracking else ""))
     last_eval = result.history[-1] if result.history else {}
@@ -194,13 +195,13 @@ def prepare_model(run, total_steps: int):
 
     `total_steps` is the run's budget in optimizer steps (a learning-rate schedule spans it).
     """
-    from cnnlab.backend import keras, make_deterministic
+    from cnnlab.backend import dtype_policy, keras, make_deterministic
 
     keras.backend.clear_session()  # sweep jobs may share a worker process
     keras.utils.set_random_seed(run.trainer["seed"])
     if run.trainer["deterministic"]:
         make_deterministic()
-    keras.config.set_dtype_policy(run.trainer["mixed_precision"] or "float32")  # global: reset for every job
+    keras.config.set_dtype_policy(dtype_policy(run.trainer["mixed_precision"]))  # global: reset for every job
     model = build_model(run.arch, run.trainer["seed"])
     verify_model(run.arch, model)
     compile_model(model, run, total_steps)
@@ -213,6 +214,7 @@ def run_tags(run, data, overrides, choices, keras) -> dict[str, str]:
     return {
         "hydra.overrides": " ".join(overrides) or "(none)", **git_state(), **versions(),
         "keras.backend": keras.backend.backend(), "device": device_name(), "data.source": data.source,
+        "dtype_policy": keras.config.dtype_policy().name,
         "model.params": str(run.arch.total_params),
         "process.pid": str(os.getpid()),  # which sweep worker ran the job (memory is per process)
         **{f"choice.{group}": option for group, option in (choices or {}).items()},

@@ -62,7 +62,7 @@ TRAINER_FIELDS = {
     # fast paths (Keras compile options and dtype policy)
     "jit_compile": Field(_jit_compile, "auto"),
     "steps_per_execution": Field(positive_int, 1),
-    "mixed_precision": Field(optional(choice("mixed_float16", "mixed_bfloat16")), None),
+    "mixed_precision": Field(optional(choice("auto", "mixed_bfloat16", "mixed_float16")), None),
     "pipeline": Field(choice("pydataset", "tensors"), "pydataset"),
 }
 
