@@ -190,7 +190,7 @@ def test_ctrl_c_ends_run_killed(tmp_path):
             if found and found[0].data.metrics.get("val_loss") is not None:
                 break
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+        proc.wait(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode != 0

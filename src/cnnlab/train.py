@@ -156,10 +156,10 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
             tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         except Exception:
             pass  # a tracking error is secondary to the one being raised
+        release_keras_state()  # also ends an interrupted input pipeline, which could otherwise block exit
         raise
-    finally:
-        if release:  # a sweep worker runs the next job in this process; a single run just exits
-            release_keras_state()
+    if release:  # a sweep worker runs the next job in this process; a single run just exits
+        release_keras_state()
     print(f"{name}: test_accuracy={final['test_accuracy']:.4f} test_loss={final['test_loss']:.4f} "
           f"({result.steps} steps in {seconds:.1f} s)" + (f", MLflow run {tracker.run_id}" if tracking else ""))
     last_eval = result.history[-1] if result.history else {}

@@ -1,0 +1,63 @@
+"""Where one `python run.py ...` spends its time: a timeline of its phases, seconds since start.
+
+    python benchmarks/phases.py model=ltfn5 init=he trainer.steps=100 trainer.verbose=0
+
+Wraps cnnlab's own phase functions (data loading, model preparation, MLflow
+waits, test pass, artifact writing) with timestamps, notes when the TensorFlow
+and MLflow imports begin, then runs `run.py` unchanged in this process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import runpy
+import sys
+import threading
+import time
+from pathlib import Path
+
+T0 = time.time()
+REPO = Path(__file__).resolve().parents[1]
+
+
+def stamp(what: str) -> None:
+    print(f"[{time.time() - T0:6.2f} s] {what}", file=sys.stderr, flush=True)
+
+
+def timed(owner, name: str) -> None:
+    fn = getattr(owner, name)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        stamp(f"{name} begins")
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            stamp(f"{name} ends")
+
+    setattr(owner, name, wrapper)
+
+
+def watch_imports() -> None:
+    for module in ("tensorflow", "mlflow.tracking"):
+        while module not in sys.modules:
+            time.sleep(0.01)
+        stamp(f"import of {module} begins")
+
+
+def main() -> None:
+    import cnnlab.train as train
+    import cnnlab.tracking as tracking
+
+    for name in ("train", "load_data", "prepare_model", "evaluate", "write_run_files", "release_keras_state"):
+        timed(train, name)
+    timed(tracking.BackgroundTracker, "flush")
+    threading.Thread(target=watch_imports, daemon=True).start()
+    atexit.register(stamp, "interpreter exit begins")
+    sys.argv = ["run.py", *sys.argv[1:]]
+    runpy.run_path(str(REPO / "run.py"), run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
