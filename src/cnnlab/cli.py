@@ -97,6 +97,10 @@ def run_job(cfg):
             if not in_sweep:
                 fail(str(e), EXIT_DIVERGED)
             print(f"error: {' '.join(overrides)}: {e}", file=sys.stderr)
+        except KeyboardInterrupt:
+            if in_sweep:
+                raise  # Ctrl-C stops the whole sweep
+            fail("interrupted; the MLflow run (if any) is marked KILLED", 130)
     except ConfigError as e:
         if not in_sweep:
             fail(str(e))

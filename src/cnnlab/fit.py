@@ -8,7 +8,10 @@ each chunk.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -33,6 +36,7 @@ class Monitor(keras.callbacks.Callback):
         super().__init__()
         self.on_eval, self.max_loss = on_eval, max_loss
         self.diverged: Diverged | None = None
+        self.interrupted: int | None = None  # the signal that asked training to stop
 
     def on_train_batch_end(self, batch, logs=None):
         loss = float((logs or {}).get("loss", 0.0))
@@ -86,6 +90,32 @@ class StepTimer(keras.callbacks.Callback):
         return self.steps * self.batch_size / self.seconds if self.seconds else None
 
 
+@contextlib.contextmanager
+def stop_on_signal(monitor: Monitor):
+    """Ctrl-C / SIGTERM during `model.fit` stop it after the current step, and `fit` then raises
+    KeyboardInterrupt. Raised straight from the handler, the interrupt can land inside TensorFlow's
+    input pipeline, which reads it as the end of the data, restarts the stream and trains on.
+    A second signal raises at once.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum, frame):
+        if monitor.interrupted:
+            raise KeyboardInterrupt(f"signal {signum}")
+        monitor.interrupted = signum
+        if getattr(monitor, "model", None) is not None:
+            monitor.model.stop_training = True
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 @dataclass
 class FitResult:
     history: list[dict] = field(default_factory=list)  # {"step": ..., "train_loss": ..., ...}
@@ -116,7 +146,7 @@ def fit(model, data, trainer: dict, on_eval=None) -> FitResult:
     callbacks = [timer, monitor]
     if trainer["early_stopping"]:
         callbacks.append(keras.callbacks.EarlyStopping(**trainer["early_stopping"]))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), stop_on_signal(monitor):
         # the last chunk may be shorter than eval_every; Keras warns that the stream "ran out"
         warnings.filterwarnings("ignore", message="Your input ran out of data")
         model.fit(
@@ -130,6 +160,8 @@ def fit(model, data, trainer: dict, on_eval=None) -> FitResult:
             verbose=trainer["verbose"],
         )
     batches.release()  # TF's generator registry may outlive the job: keep it from pinning the data
+    if monitor.interrupted:
+        raise KeyboardInterrupt(f"signal {monitor.interrupted}")
     result.diverged, result.timer = monitor.diverged, timer
     result.steps = iterations(model)
     return result
