@@ -150,7 +150,7 @@ def fit(model, data, trainer: dict, on_eval=None) -> FitResult:
         # the last chunk may be shorter than eval_every; Keras warns that the stream "ran out"
         warnings.filterwarnings("ignore", message="Your input ran out of data")
         model.fit(
-            getattr(batches, "dataset", batches),
+            batches.fit_input,
             epochs=math.ceil(steps / chunk),
             steps_per_epoch=chunk,
             shuffle=False,  # the order is the pipeline's; Keras would otherwise permute a PyDataset's batches

@@ -47,6 +47,11 @@ class BatchStream(keras.utils.PyDataset):
     def __len__(self) -> int:
         return self.steps
 
+    @property
+    def fit_input(self):
+        """What `model.fit` takes: the PyDataset itself."""
+        return self
+
     def release(self) -> None:
         """Drop the arrays; a sweep worker runs many jobs and must not keep each one's data."""
         self.x = self.y = self.orders = None
@@ -77,12 +82,17 @@ class TFDatasetBatches:
             .prefetch(tf.data.AUTOTUNE)
         )
 
+    @property
+    def fit_input(self):
+        """What `model.fit` takes: the `tf.data.Dataset`."""
+        return self.dataset
+
     def release(self) -> None:
         self.dataset = None
 
 
 def training_batches(x, y, trainer: dict, steps: int):
-    """The run's batch source for `model.fit`: has `.per_epoch` and `.release()`; `.dataset` or itself is fed to fit."""
+    """The run's batches: `.fit_input` goes to `model.fit`; also `.per_epoch` and `.release()`."""
     orders = epoch_orders(len(x), trainer["batch_size"], steps, trainer["shuffle"], trainer["seed"])
     args = (trainer["batch_size"], steps, orders)
     if trainer["pipeline"] == "pydataset":
