@@ -4,7 +4,7 @@
 
 Wraps cnnlab's own phase functions (data loading, model preparation, MLflow
 waits, test pass, artifact writing) with timestamps, notes when the TensorFlow
-and MLflow imports begin, then runs `run.py` unchanged in this process.
+import begins, then runs `run.py` unchanged in this process.
 """
 
 from __future__ import annotations
@@ -40,19 +40,18 @@ def timed(owner, name: str) -> None:
 
 
 def watch_imports() -> None:
-    for module in ("tensorflow", "mlflow.tracking"):
-        while module not in sys.modules:
-            time.sleep(0.01)
-        stamp(f"import of {module} begins")
+    while "tensorflow" not in sys.modules:  # MLflow is imported by the tracking helper process, not here
+        time.sleep(0.01)
+    stamp("import of tensorflow begins")
 
 
 def main() -> None:
     import cnnlab.train as train
-    import cnnlab.tracking as tracking
+    import cnnlab.tracking_worker as tracking_worker
 
     for name in ("train", "load_data", "prepare_model", "evaluate", "write_run_files", "release_keras_state"):
         timed(train, name)
-    timed(tracking.BackgroundTracker, "flush")
+    timed(tracking_worker.TrackingWorker, "flush")
     threading.Thread(target=watch_imports, daemon=True).start()
     atexit.register(stamp, "interpreter exit begins")
     sys.argv = ["run.py", *sys.argv[1:]]

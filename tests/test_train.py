@@ -174,22 +174,29 @@ def test_cli_divergence_one_line_exit_3(tmp_path):
     assert [r.info.status for r in found] == ["FAILED"]
 
 
-def test_ctrl_c_ends_run_killed(tmp_path):
-    uri = store(tmp_path)
+def start_long_run(uri: str) -> subprocess.Popen:
+    """`run.py` on a budget it will not finish, returned once its run is recording validation metrics."""
     runs(uri)  # create the store first: polling a store whose schema another process is creating races on it
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "run.py", "model=tiny", "dataset=synthetic", "trainer.steps=100000", "trainer.eval_every=5",
          "trainer.verbose=0",
-         f"tracking.uri={uri}"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+         f"tracking.uri={uri}"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)  # its own process group, as a command started from a terminal
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until the run exists and training has started
+        time.sleep(1)
+        _, found = runs(uri)
+        if found and found[0].data.metrics.get("val_loss") is not None:
+            break
+    return proc
+
+
+def test_ctrl_c_ends_run_killed(tmp_path):
+    uri = store(tmp_path)
+    proc = start_long_run(uri)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:  # wait until the run exists and training has started
-            time.sleep(1)
-            _, found = runs(uri)
-            if found and found[0].data.metrics.get("val_loss") is not None:
-                break
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C does: to the whole process group
         _, stderr = proc.communicate(timeout=120)  # stops after the current step, not at the end of the budget
     finally:
         proc.kill()
@@ -197,6 +204,36 @@ def test_ctrl_c_ends_run_killed(tmp_path):
     assert "error: interrupted" in stderr and "Traceback" not in stderr
     _, found = runs(uri)
     assert [r.info.status for r in found] == ["KILLED"]
+
+
+def test_hard_killed_training_process_leaves_no_running_run(tmp_path):
+    """SIGKILL gives the training process no chance to end its run: the MLflow helper process ends it."""
+    uri = store(tmp_path)
+    proc = start_long_run(uri)
+    proc.kill()
+    proc.communicate(timeout=60)
+    deadline, status = time.time() + 60, None
+    while time.time() < deadline and status != "KILLED":
+        time.sleep(0.5)
+        status = runs(uri)[1][0].info.status
+    assert status == "KILLED"
+
+
+def test_tracking_worker_reports_a_failed_call_and_fails_the_run(tmp_path):
+    from cnnlab.tracking_worker import TrackingError, TrackingWorker
+
+    uri = store(tmp_path)
+    worker = TrackingWorker()
+    worker.start(uri, "cnnlab", "broken-metric")
+    worker.log_metrics(1, {"val_accuracy": 0.5})
+    worker.log_metrics(2, {"val_accuracy": "not a number"})  # fails in the helper process
+    worker.log_metrics(3, {"val_accuracy": 0.6})  # skipped: the record is already broken
+    with pytest.raises(TrackingError, match="^TypeError: must be real number"):
+        worker.end("FINISHED")
+    assert worker.waited > 0 and worker.run_id
+    _, (run,) = runs(uri)
+    assert run.info.status == "FAILED"
+    assert run.data.metrics == {"val_accuracy": 0.5}
 
 
 @pytest.mark.slow

@@ -5,6 +5,8 @@ Matplotlib with the Agg backend, so plots render on machines with no screen.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 
@@ -39,11 +41,22 @@ def learning_curve(history: list[dict], title: str, path) -> None:
     plt.close(fig)
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, title: str, path) -> np.ndarray:
-    """Plot counts of (true, predicted) pairs; returns the matrix."""
-    plt = pyplot()
+def confusion_counts(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """matrix[i, j] = how many images of class i were predicted as class j.
+
+    Example:
+        >>> confusion_counts(np.array([0, 1, 1]), np.array([0, 1, 0]), 2).tolist()
+        [[1, 0], [1, 1]]
+    """
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(matrix, (y_true, y_pred), 1)
+    return matrix
+
+
+def confusion_matrix(matrix: np.ndarray, title: str, path) -> None:
+    """Plot a `confusion_counts` matrix with its counts written in the cells."""
+    num_classes = len(matrix)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 5.5))
     image = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(image, ax=ax)
@@ -57,4 +70,12 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, t
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return matrix
+
+
+def run_figures(folder: Path, name: str, history: list[dict], diag: dict) -> None:
+    """The figures every run logs before its test pass: init diagnostics and, if any, the learning curve."""
+    from cnnlab.diagnostics import plot_diagnostics
+
+    plot_diagnostics({name: diag}, folder / "init_diagnostics.png", f"{name}: activation scale at initialisation")
+    if history:
+        learning_curve(history, name, folder / "learning_curve.png")

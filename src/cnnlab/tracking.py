@@ -68,7 +68,7 @@ class Tracker:
 
     def __init__(self, client, run_id: str, seconds: float = 0.0):
         self.client, self.run_id = client, run_id
-        self.seconds = seconds  # wall time spent in MLflow so far, import included: the cost of tracking
+        self.seconds = seconds  # wall time spent in MLflow calls so far: the cost of tracking
 
     @contextmanager
     def _clock(self):
@@ -148,60 +148,3 @@ def ensure_experiment(client, name: str, location: str | None) -> str:
         if found:
             return found.experiment_id
         raise
-
-
-class BackgroundTracker:
-    """Every Tracker call on one worker thread, in order, so that importing MLflow, opening its
-    store, logging and rendering artifacts overlap with loading data, training and testing.
-
-    Calls return at once; `flush()` waits for what is queued and re-raises the first error;
-    `waited` is how long the caller was held up by tracking, the real cost to the run.
-
-    Example:
-        >>> t = BackgroundTracker(lambda: Tracker.start(uri, "demo", "run"))  # doctest: +SKIP
-        >>> t.log_metrics(100, {"val_accuracy": 0.9}); t.end("FINISHED")      # doctest: +SKIP
-    """
-
-    def __init__(self, start):
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnnlab-mlflow")
-        self._tracker = self._pool.submit(start)
-        self._pending = []
-        self.waited = 0.0
-
-    def run_in_background(self, fn, *args, **kwargs) -> None:
-        """Queue any work (e.g. rendering a plot) behind the tracking calls already queued."""
-        self._pending.append(self._pool.submit(fn, *args, **kwargs))
-
-    def __getattr__(self, method: str):
-        def call(*args, **kwargs):
-            self.run_in_background(lambda: getattr(self._tracker.result(), method)(*args, **kwargs))
-
-        return call
-
-    def flush(self) -> None:
-        started = time.perf_counter()
-        try:
-            self._tracker.result()
-            while self._pending:
-                self._pending.pop(0).result()
-        finally:
-            self.waited += time.perf_counter() - started
-
-    @property
-    def run_id(self) -> str:
-        return self._tracker.result().run_id
-
-    @property
-    def seconds(self) -> float:
-        return self._tracker.result().seconds
-
-    def end(self, status: str) -> None:
-        """Finish what is queued, then terminate the run with `status` even if a queued call failed."""
-        try:
-            self.flush()
-        finally:
-            if self._tracker.done() and self._tracker.exception() is None:
-                self._tracker.result().end(status)
-            self._pool.shutdown(wait=True)

@@ -9,13 +9,11 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -24,8 +22,9 @@ import numpy as np
 from cnnlab.builder import build_model, shape_table, verify_model
 from cnnlab.data import load_data
 from cnnlab.errors import ConfigError
-from cnnlab.plots import confusion_matrix, learning_curve
-from cnnlab.tracking import REPO_ROOT, BackgroundTracker, NoTracker, Tracker, flatten, tracking_uri
+from cnnlab.plots import confusion_counts, confusion_matrix, run_figures
+from cnnlab.tracking import REPO_ROOT, NoTracker, flatten, tracking_uri
+from cnnlab.tracking_worker import TrackingError, TrackingWorker
 
 
 def run_name(run, choices: dict | None = None) -> str:
@@ -78,7 +77,9 @@ def evaluate(model, data, from_logits: bool) -> tuple[dict, np.ndarray]:
     """Test loss and accuracy from one pass over the test set; also returns the predicted classes."""
     from cnnlab.backend import keras
 
-    outputs = model.predict(data.x_test, batch_size=500, verbose=0)
+    # predict_on_batch, not predict: no tf.data iterator, whose teardown waited up to ~5 s for its autotune thread
+    outputs = np.concatenate([keras.ops.convert_to_numpy(model.predict_on_batch(data.x_test[i : i + 500]))
+                              for i in range(0, len(data.x_test), 500)])
     losses = keras.losses.sparse_categorical_crossentropy(data.y_test, outputs, from_logits=from_logits)
     predicted = np.argmax(outputs, axis=-1)
     metrics = {
@@ -96,14 +97,15 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
     when the loss becomes NaN/inf, `DataError` (before any run exists) for bad data.
     """
     tracking = run.tracking["enabled"]
-    if tracking:  # importing mlflow takes seconds: start it now, beside the data loading
-        threading.Thread(target=importlib.import_module, args=("mlflow.tracking",), daemon=True).start()
-    data = load_data(run.dataset)  # a data error must come before any MLflow run exists
+    # MLflow runs in a helper process, which starts importing it now, beside the data loading
+    tracker = TrackingWorker() if tracking else NoTracker()
+    try:
+        data = load_data(run.dataset)  # a data error must come before any MLflow run exists
+    except BaseException:
+        tracker.close()
+        raise
     name = run.tracking["run_name"] or name or run_name(run, choices)
-    tracker = NoTracker()
-    if tracking:  # MLflow's import and store open on a worker thread while Keras loads and builds
-        uri, experiment = tracking_uri(run.tracking), run.tracking["experiment"]
-        tracker = BackgroundTracker(lambda: Tracker.start(uri, experiment, name, parent_run_id=parent_run_id))
+    tracker.start(tracking_uri(run.tracking), run.tracking["experiment"], name, parent_run_id=parent_run_id)
     try:
         tracker.log_params(flatten(run.resolved))
         from cnnlab.diagnostics import diagnostics_metrics, init_diagnostics
@@ -116,15 +118,15 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
         tracker.log_metrics(0, diagnostics_metrics(diag))
         try:
             tracker.flush()  # a broken tracking URI fails here, before any training time is spent
-        except Exception as e:
+        except TrackingError as e:
             raise ConfigError("tracking.uri", f"cannot record to MLflow at {tracking_uri(run.tracking)!r}: "
-                                              f"{type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+                                              f"{str(e)[:300]}") from None
         started = time.perf_counter()
         result = fit(model, data, run.trainer, on_eval=tracker.log_metrics)
         seconds = time.perf_counter() - started
         if tracking:
             artifacts = Path(tempfile.mkdtemp(prefix="cnnlab-"))
-            tracker.run_in_background(write_plots, artifacts, name, result, diag)
+            tracker.run_in_background(run_figures, artifacts, name, result.history, diag)
         final, predicted = {"initial_loss": diag["initial_loss"]}, None
         if not result.diverged:
             test, predicted = evaluate(model, data, from_logits)
@@ -138,14 +140,15 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
         if tracking:
             write_run_files(artifacts, run, model if predicted is not None else None)
             if predicted is not None:
-                tracker.run_in_background(confusion_matrix, data.y_test, predicted, run.dataset["num_classes"],
-                                          f"{name}: test set", artifacts / "confusion_matrix.png")
+                matrix = confusion_counts(data.y_test, predicted, run.dataset["num_classes"])  # small to send
+                tracker.run_in_background(confusion_matrix, matrix, f"{name}: test set",
+                                          artifacts / "confusion_matrix.png")
             tracker.log_artifacts(str(artifacts))
             tracker.run_in_background(shutil.rmtree, artifacts, ignore_errors=True)
             if result.timer.first_step_unix:
                 tracker.set_tags({"timing.first_step_unix": f"{result.timer.first_step_unix:.3f}"})
             tracker.flush()
-            # what MLflow cost: its own time (on the worker thread) and the time the run waited for it
+            # what MLflow cost: its own time (in the helper process) and the time the run waited for it
             tracker.log_metrics(result.steps, {"tracking_seconds": tracker.seconds,
                                                "tracking_wait_seconds": tracker.waited})
         if result.diverged:
@@ -219,15 +222,6 @@ def run_tags(run, data, overrides, choices, keras) -> dict[str, str]:
         "process.pid": str(os.getpid()),  # which sweep worker ran the job (memory is per process)
         **{f"choice.{group}": option for group, option in (choices or {}).items()},
     }
-
-
-def write_plots(folder: Path, name: str, result, diag) -> None:
-    """The learning curve and the init diagnostics (rendered on the tracking thread)."""
-    from cnnlab.diagnostics import plot_diagnostics
-
-    plot_diagnostics({name: diag}, folder / "init_diagnostics.png", f"{name}: activation scale at initialisation")
-    if result.history:
-        learning_curve(result.history, name, folder / "learning_curve.png")
 
 
 def write_run_files(folder: Path, run, model=None) -> None:
