@@ -36,21 +36,18 @@ class Timer(keras.callbacks.Callback):
         self.last = now
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=100)
-    args = parser.parse_args()
-
+def load_mnist():
     path = os.path.join(os.environ.get("CNNLAB_DATA_DIR", "."), "mnist.npz")
     if os.path.exists(path):
         with np.load(path) as f:
             (x, y), (x_test, y_test) = (f["x_train"], f["y_train"]), (f["x_test"], f["y_test"])
     else:
         (x, y), (x_test, y_test) = keras.datasets.mnist.load_data()
-    x, x_test = x[..., None].astype("float32") / 255, x_test[..., None].astype("float32") / 255
+    return x[..., None].astype("float32") / 255, y, x_test[..., None].astype("float32") / 255, y_test
 
-    keras.utils.set_random_seed(0)
+
+def ltfn5(seed=0):
+    keras.utils.set_random_seed(seed)
     he, glorot = keras.initializers.HeNormal, keras.initializers.GlorotUniform
     model = keras.Sequential([
         keras.Input((28, 28, 1)),
@@ -65,6 +62,17 @@ def main():
     ])
     model.compile(keras.optimizers.SGD(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
+    return model
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=100)
+    args = parser.parse_args()
+
+    x, y, x_test, y_test = load_mnist()
+    model = ltfn5()
     timer = Timer()
     model.fit(x[:55000], y[:55000], batch_size=args.batch_size, epochs=1, steps_per_epoch=args.steps,
               validation_data=(x[55000:], y[55000:]), validation_batch_size=500, callbacks=[timer], verbose=0)

@@ -96,3 +96,19 @@ def test_model_fit_sees_the_planned_batches(pipeline, shuffle):
     planned = [orders[i // 5][(i % 5) * BATCH : (i % 5 + 1) * BATCH].tolist() for i in range(STEPS)]
     assert result.steps == STEPS
     assert seen == planned
+
+
+@pytest.mark.parametrize("pipeline", ["pydataset", "tensors"])
+def test_fit_inputs_have_no_tf_data_autotuning(pipeline):
+    """An autotuned iterator's teardown waits for the autotuning thread's next wake-up (up to ~30 s seen)."""
+    import tensorflow as tf
+
+    from cnnlab.pipeline import validation_input
+
+    x, y = data()
+    trainer = {"batch_size": BATCH, "shuffle": False, "seed": 0, "pipeline": pipeline}
+    inputs = [training_batches(x, y, trainer, STEPS).fit_input, validation_input(x, y)["validation_data"]]
+    for dataset in inputs:
+        assert isinstance(dataset, tf.data.Dataset)
+        assert dataset.options().autotune.enabled is False
+    assert validation_input(x[:0], y[:0]) == {}

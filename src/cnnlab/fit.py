@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from cnnlab.backend import keras
 from cnnlab.errors import Diverged
-from cnnlab.pipeline import training_batches
+from cnnlab.pipeline import training_batches, validation_input
 
 
 def iterations(model) -> int:
@@ -154,8 +154,7 @@ def fit(model, data, trainer: dict, on_eval=None) -> FitResult:
             epochs=math.ceil(steps / chunk),
             steps_per_epoch=chunk,
             shuffle=False,  # the order is the pipeline's; Keras would otherwise permute a PyDataset's batches
-            validation_data=(data.x_val, data.y_val) if len(data.x_val) else None,
-            validation_batch_size=500,
+            **validation_input(data.x_val, data.y_val),
             callbacks=callbacks,
             verbose=trainer["verbose"],
         )

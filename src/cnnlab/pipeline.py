@@ -8,7 +8,10 @@ yield exactly these batches:
   Python thread; Keras prefetches. Runs on every backend.
 - `tensors`: the training split is copied once into backend tensors and each
   batch is gathered by the backend. TensorFlow: a `tf.data` pipeline
-  (index batch -> gather -> prefetch), no Python per batch. JAX: the arrays
+  (index batch -> gather -> prefetch), no Python per batch.
+
+On TensorFlow every `tf.data` pipeline cnnlab hands to `model.fit`, the
+validation split's included, has autotuning off (`without_autotune`). JAX: the arrays
   live on the default device (the GPU when there is one) and the gather
   runs there, so batches never cross the host bus.
 
@@ -49,8 +52,15 @@ class BatchStream(keras.utils.PyDataset):
 
     @property
     def fit_input(self):
-        """What `model.fit` takes: the PyDataset itself."""
-        return self
+        """What `model.fit` takes: the PyDataset itself, or on TensorFlow the same batches through
+        `tf.data.Dataset.from_generator` (as Keras would build it, but without autotuning)."""
+        if keras.backend.backend() != "tensorflow":
+            return self
+        import tensorflow as tf
+
+        spec = tuple(tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)) for a in self[0])
+        dataset = tf.data.Dataset.from_generator(lambda: (self[i] for i in range(self.steps)), output_signature=spec)
+        return without_autotune(dataset.prefetch(2))
 
     def release(self) -> None:
         """Drop the arrays; a sweep worker runs many jobs and must not keep each one's data."""
@@ -77,10 +87,10 @@ class TFDatasetBatches:
             tf.data.Dataset.from_tensor_slices(orders)
             .flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
             .take(steps)
-            .map(lambda idx: (tf.gather(xs, idx), tf.gather(ys, idx)), num_parallel_calls=tf.data.AUTOTUNE,
-                 deterministic=True)
-            .prefetch(tf.data.AUTOTUNE)
+            .map(lambda idx: (tf.gather(xs, idx), tf.gather(ys, idx)), num_parallel_calls=2, deterministic=True)
+            .prefetch(2)
         )
+        self.dataset = without_autotune(self.dataset)
 
     @property
     def fit_input(self):
@@ -89,6 +99,30 @@ class TFDatasetBatches:
 
     def release(self) -> None:
         self.dataset = None
+
+
+def without_autotune(dataset):
+    """A `tf.data.Dataset` with no autotuning thread. Tearing down an iterator waits for that thread's
+    next wake-up, which comes at a doubling period: a run sat idle for up to 30 s after training
+    (at random, by where the period stood). Fixed buffers cost nothing here: one gather per batch.
+    """
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
+def validation_input(x, y, batch_size: int = 500) -> dict:
+    """`model.fit` keyword arguments for the validation split (none when it is empty)."""
+    if not len(x):
+        return {}
+    if keras.backend.backend() != "tensorflow":
+        return {"validation_data": (x, y), "validation_batch_size": batch_size}
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).prefetch(1)
+    return {"validation_data": without_autotune(dataset)}
 
 
 def training_batches(x, y, trainer: dict, steps: int):
