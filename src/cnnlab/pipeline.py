@@ -5,15 +5,16 @@ Batch i of a run is slice i % per_epoch of epoch i // per_epoch's order
 yield exactly these batches:
 
 - `pydataset` (default): a `keras.utils.PyDataset` slices NumPy arrays on a
-  Python thread; Keras prefetches. Runs on every backend.
+  Python thread and is prefetched (on TensorFlow through `from_generator`, as
+  Keras would wrap it). Runs on every backend.
 - `tensors`: the training split is copied once into backend tensors and each
   batch is gathered by the backend. TensorFlow: a `tf.data` pipeline
-  (index batch -> gather -> prefetch), no Python per batch.
-
-On TensorFlow every `tf.data` pipeline cnnlab hands to `model.fit`, the
-validation split's included, has autotuning off (`without_autotune`). JAX: the arrays
+  (index batch -> gather -> prefetch), no Python per batch. JAX: the arrays
   live on the default device (the GPU when there is one) and the gather
   runs there, so batches never cross the host bus.
+
+On TensorFlow every `tf.data` pipeline cnnlab hands to `model.fit`, the
+validation split's included, has autotuning off (`without_autotune`).
 
 Example:
     >>> orders = epoch_orders(5, batch_size=2, steps=4, shuffle=False, seed=0)
