@@ -46,12 +46,12 @@ def watch_imports() -> None:
 
 
 def main() -> None:
+    import cnnlab.recorder as recorder
     import cnnlab.train as train
-    import cnnlab.tracking_worker as tracking_worker
 
-    for name in ("train", "load_data", "prepare_model", "evaluate", "write_run_files", "release_keras_state"):
+    for name in ("train", "load_data", "prepare_model", "evaluate", "run_files", "release_keras_state"):
         timed(train, name)
-    timed(tracking_worker.TrackingWorker, "flush")
+    timed(recorder.Recorder, "flush")
     threading.Thread(target=watch_imports, daemon=True).start()
     atexit.register(stamp, "interpreter exit begins")
     sys.argv = ["run.py", *sys.argv[1:]]

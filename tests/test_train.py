@@ -220,17 +220,17 @@ def test_hard_killed_training_process_leaves_no_running_run(tmp_path):
 
 
 def test_tracking_worker_reports_a_failed_call_and_fails_the_run(tmp_path):
-    from cnnlab.tracking_worker import TrackingError, TrackingWorker
+    from cnnlab.recorder import Recorder, TrackingError
 
     uri = store(tmp_path)
-    worker = TrackingWorker()
-    worker.start(uri, "cnnlab", "broken-metric")
-    worker.log_metrics(1, {"val_accuracy": 0.5})
-    worker.log_metrics(2, {"val_accuracy": "not a number"})  # fails in the helper process
-    worker.log_metrics(3, {"val_accuracy": 0.6})  # skipped: the record is already broken
+    recorder = Recorder()
+    recorder.start(uri, "cnnlab", "broken-metric")
+    recorder.log_eval(1, {"val_accuracy": 0.5})
+    recorder.log_eval(2, {"val_accuracy": "not a number"})  # fails in the helper process
+    recorder.log_eval(3, {"val_accuracy": 0.6})  # skipped: the record is already broken
     with pytest.raises(TrackingError, match="^TypeError: must be real number"):
-        worker.end("FINISHED")
-    assert worker.waited > 0 and worker.run_id
+        recorder.end("FINISHED")
+    assert recorder.waited > 0 and recorder.run_id
     _, (run,) = runs(uri)
     assert run.info.status == "FAILED"
     assert run.data.metrics == {"val_accuracy": 0.5}

@@ -18,6 +18,7 @@ PARENT_ENV = "CNNLAB_SWEEP_PARENT_RUN_ID"  # set by cnnlab.sweep's callback for 
 
 EXIT_CONFIG = 2  # bad config, bad override, missing or corrupt data
 EXIT_DIVERGED = 3  # the run was recorded, as FAILED: its loss became NaN/inf
+EXIT_TRACKING = 4  # tracking broke mid-run (store failed, helper died): training stopped, run FAILED
 
 
 def fail(message: str, code: int = EXIT_CONFIG):
@@ -38,6 +39,8 @@ def guard_hydra_errors(hydra_main) -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
         hydra_main()
+    except ConfigError as e:  # raised outside a job, e.g. the sweep's store cannot be used
+        fail(str(e))
     except ValueError as e:
         if not _raised_by_hydra(e):
             raise
@@ -85,6 +88,7 @@ def run_job(cfg):
         if run.dry_run:
             return dry_run(cfg, run)
         from cnnlab.errors import Diverged
+        from cnnlab.recorder import TrackingError
         from cnnlab.train import train
 
         if threading.current_thread() is threading.main_thread():
@@ -93,10 +97,11 @@ def run_job(cfg):
         try:
             return train(run, overrides, choices, parent_run_id=os.environ.get(PARENT_ENV) if in_sweep else None,
                          name=name, release=in_sweep)["val_accuracy"]
-        except Diverged as e:
+        except (Diverged, TrackingError) as e:
+            message = str(e) if isinstance(e, Diverged) else f"tracking: {e}"
             if not in_sweep:
-                fail(str(e), EXIT_DIVERGED)
-            print(f"error: {' '.join(overrides)}: {e}", file=sys.stderr)
+                fail(message, EXIT_DIVERGED if isinstance(e, Diverged) else EXIT_TRACKING)
+            print(f"error: {' '.join(overrides)}: {message}", file=sys.stderr)
         except KeyboardInterrupt:
             if in_sweep:
                 raise  # Ctrl-C stops the whole sweep

@@ -32,13 +32,21 @@ class Monitor(keras.callbacks.Callback):
     Keras reports the chunk's running mean loss, so one exploding batch shows at once.
     """
 
-    def __init__(self, on_eval, max_loss: float | None):
+    def __init__(self, on_eval, max_loss: float | None, check=None):
         super().__init__()
-        self.on_eval, self.max_loss = on_eval, max_loss
+        self.on_eval, self.max_loss, self.check = on_eval, max_loss, check
         self.diverged: Diverged | None = None
         self.interrupted: int | None = None  # the signal that asked training to stop
+        self.failed: Exception | None = None  # tracking broke: the run's record cannot be completed
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.check:
+            try:
+                self.check()
+            except Exception as e:
+                self.failed = type(e)(f"{e} (training stopped at step {iterations(self.model)})")
+                self.model.stop_training = True
+                return
         loss = float((logs or {}).get("loss", 0.0))
         if not math.isfinite(loss) or (self.max_loss is not None and loss > self.max_loss):
             self.diverged = Diverged(iterations(self.model), loss, self.max_loss)
@@ -129,8 +137,11 @@ def total_steps(trainer: dict, n_train: int) -> int:
     return trainer["steps"] or trainer["epochs"] * per_epoch
 
 
-def fit(model, data, trainer: dict, on_eval=None) -> FitResult:
-    """Train a compiled model on `data` for the trainer's budget; never raises on divergence."""
+def fit(model, data, trainer: dict, on_eval=None, check=None) -> FitResult:
+    """Train a compiled model on `data` for the trainer's budget; never raises on divergence.
+
+    `check()` runs after every step; if it raises, training stops there and `fit` raises it.
+    """
     result = FitResult()
 
     def record(step, metrics):
@@ -141,7 +152,7 @@ def fit(model, data, trainer: dict, on_eval=None) -> FitResult:
     steps = total_steps(trainer, len(data.x_train))
     batches = training_batches(data.x_train, data.y_train, trainer, steps)
     chunk = min(trainer["eval_every"] or batches.per_epoch, steps)
-    monitor = Monitor(record, trainer["max_loss"])
+    monitor = Monitor(record, trainer["max_loss"], check)
     timer = StepTimer(trainer["batch_size"])
     callbacks = [timer, monitor]
     if trainer["early_stopping"]:
@@ -161,6 +172,8 @@ def fit(model, data, trainer: dict, on_eval=None) -> FitResult:
     batches.release()  # TF's generator registry may outlive the job: keep it from pinning the data
     if monitor.interrupted:
         raise KeyboardInterrupt(f"signal {monitor.interrupted}")
+    if monitor.failed:
+        raise monitor.failed
     result.diverged, result.timer = monitor.diverged, timer
     result.steps = iterations(model)
     return result

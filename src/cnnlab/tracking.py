@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cnnlab.fields import Field, boolean, check_fields, optional, string
+from cnnlab.store import DEFAULT_DB, REPO_ROOT, artifact_location, open_store, resolve_uri  # noqa: F401
 
 TRACKING_FIELDS = {
     "enabled": Field(boolean, True),
@@ -31,20 +32,9 @@ def check_tracking(cfg, path: str = "tracking") -> dict:
     return check_fields(cfg, TRACKING_FIELDS, path)
 
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DB = REPO_ROOT / "mlruns" / "mlflow.db"
-
-
 def tracking_uri(spec: dict) -> str:
-    """`tracking.uri`, or SQLite under <repo>/mlruns (MLflow 3 refuses a bare file store)."""
-    return spec["uri"] or f"sqlite:///{DEFAULT_DB}"
-
-
-def artifact_location(uri: str) -> str | None:
-    """Artifacts beside a SQLite database (<dir>/artifacts); a tracking server decides for itself."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
-    return None
+    """`tracking.uri` > $MLFLOW_TRACKING_URI > SQLite under <repo>/mlruns (MLflow 3 refuses a bare file store)."""
+    return resolve_uri(spec["uri"])
 
 
 def flatten(tree, prefix: str = "") -> dict[str, str]:
@@ -85,13 +75,21 @@ class Tracker:
         from mlflow.tracking import MlflowClient
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-        client = MlflowClient(tracking_uri=uri)
-        experiment_id = ensure_experiment(client, experiment, artifact_location(uri))
         tags = dict(tags or {})
         if parent_run_id:
             tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-        run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+        with open_store(uri):  # a usable, whole store, or one line within seconds
+            client = MlflowClient(tracking_uri=uri)
+            experiment_id = ensure_experiment(client, experiment, artifact_location(uri))
+            run = client.create_run(experiment_id, run_name=run_name, tags=tags)
         return cls(client, run.info.run_id, time.perf_counter() - started)
+
+    @classmethod
+    def attach(cls, uri: str, run_id: str) -> "Tracker":
+        """An existing run, e.g. to end one whose recorder died."""
+        from mlflow.tracking import MlflowClient
+
+        return cls(MlflowClient(tracking_uri=uri), run_id)
 
     def log_params(self, params: dict[str, str]) -> None:
         from mlflow.entities import Param
@@ -118,20 +116,28 @@ class Tracker:
                 self.client.log_batch(self.run_id, metrics=items)
 
     def log_artifacts(self, folder) -> None:
+        """Upload a folder's files; on failure, remove what a local store got only part of."""
         with self._clock():
-            self.client.log_artifacts(self.run_id, str(folder))
+            try:
+                self.client.log_artifacts(self.run_id, str(folder))
+            except Exception:
+                self._remove_partial(Path(folder))
+                raise
+
+    def _remove_partial(self, folder: Path) -> None:
+        from urllib.parse import unquote, urlsplit
+
+        uri = urlsplit(self.client.get_run(self.run_id).info.artifact_uri)
+        if uri.scheme not in ("", "file"):
+            return  # a remote store receives each file whole or not at all
+        stored = Path(unquote(uri.path))
+        for source in folder.rglob("*"):
+            copy = stored / source.relative_to(folder)
+            if source.is_file() and copy.is_file() and copy.stat().st_size != source.stat().st_size:
+                copy.unlink()
 
     def end(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status)
-
-
-class NoTracker:
-    """`tracking=none`: the same calls as Tracker, recording nothing."""
-
-    run_id = None
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
 
 
 def ensure_experiment(client, name: str, location: str | None) -> str:

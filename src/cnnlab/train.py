@@ -10,21 +10,17 @@ Example:
 from __future__ import annotations
 
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from cnnlab.builder import build_model, shape_table, verify_model
+from cnnlab.builder import build_model, verify_model
 from cnnlab.data import load_data
 from cnnlab.errors import ConfigError
 from cnnlab.plots import confusion_counts, confusion_matrix, run_figures
-from cnnlab.tracking import REPO_ROOT, NoTracker, flatten, tracking_uri
-from cnnlab.tracking_worker import TrackingError, TrackingWorker
+from cnnlab.recorder import NullRecorder, Recorder, TrackingError, run_files, run_tags
+from cnnlab.tracking import flatten, tracking_uri
 
 
 def run_name(run, choices: dict | None = None) -> str:
@@ -32,30 +28,6 @@ def run_name(run, choices: dict | None = None) -> str:
     choices = choices or {}
     init = choices.get("init") or run.resolved["init"]["hidden"]["scheme"]
     return f"{run.arch.name}-{init}-{run.optimizer['name']}"
-
-
-def git_state() -> dict[str, str]:
-    def git(*args):
-        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
-        return {"git.commit": "unknown", "git.dirty": "unknown"}
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {"mlflow.source.git.commit": commit, "git.commit": commit, "git.dirty": str(bool(dirty)).lower()}
-
-
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"versions.python": platform.python_version()}
-    for pkg in ("cnnlab", "keras", "tensorflow", "jax", "torch", "mlflow", "hydra-core", "omegaconf", "numpy"):
-        try:
-            out[f"versions.{pkg}"] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
 
 
 def compile_model(model, run, total_steps: int) -> None:
@@ -91,83 +63,93 @@ def evaluate(model, data, from_logits: bool) -> tuple[dict, np.ndarray]:
 
 def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
           parent_run_id: str | None = None, name: str | None = None, release: bool = True) -> dict:
-    """Train and evaluate one validated run; track it in MLflow unless `tracking.enabled` is false.
+    """Train and evaluate one validated run; record it in MLflow unless `tracking.enabled` is false.
 
-    Returns the final metrics. Raises `Diverged` (after marking the run FAILED)
-    when the loss becomes NaN/inf, `DataError` (before any run exists) for bad data.
+    Returns the final metrics. Raises `DataError` (before any run exists) for bad data,
+    `ConfigError` for a store that cannot take the run (before training), `Diverged`
+    when the loss becomes NaN/inf and `TrackingError` when tracking breaks mid-run
+    (the run marked FAILED in both cases, by whichever process still can).
     """
-    tracking = run.tracking["enabled"]
     # MLflow runs in a helper process, which starts importing it now, beside the data loading
-    tracker = TrackingWorker() if tracking else NoTracker()
+    recorder = Recorder() if run.tracking["enabled"] else NullRecorder()
     try:
         data = load_data(run.dataset)  # a data error must come before any MLflow run exists
     except BaseException:
-        tracker.close()
+        recorder.close()
         raise
     name = run.tracking["run_name"] or name or run_name(run, choices)
-    tracker.start(tracking_uri(run.tracking), run.tracking["experiment"], name, parent_run_id=parent_run_id)
+    recorder.start(tracking_uri(run.tracking), run.tracking["experiment"], name, parent_run_id=parent_run_id)
     try:
-        tracker.log_params(flatten(run.resolved))
-        from cnnlab.diagnostics import diagnostics_metrics, init_diagnostics
-        from cnnlab.fit import fit, total_steps
-
-        model, from_logits, keras = prepare_model(run, total_steps(run.trainer, len(data.x_train)))
-        tracker.set_tags(run_tags(run, data, overrides, choices, keras))
-        batch = slice(0, run.trainer["batch_size"])
-        diag = init_diagnostics(model, data.x_train[batch], data.y_train[batch], from_logits)
-        tracker.log_metrics(0, diagnostics_metrics(diag))
-        try:
-            tracker.flush()  # a broken tracking URI fails here, before any training time is spent
-        except TrackingError as e:
-            raise ConfigError("tracking.uri", f"cannot record to MLflow at {tracking_uri(run.tracking)!r}: "
-                                              f"{str(e)[:300]}") from None
-        started = time.perf_counter()
-        result = fit(model, data, run.trainer, on_eval=tracker.log_metrics)
-        seconds = time.perf_counter() - started
-        if tracking:
-            artifacts = Path(tempfile.mkdtemp(prefix="cnnlab-"))
-            tracker.run_in_background(run_figures, artifacts, name, result.history, diag)
-        final, predicted = {"initial_loss": diag["initial_loss"]}, None
-        if not result.diverged:
-            test, predicted = evaluate(model, data, from_logits)
-            final.update(test, train_seconds=seconds)
-            if result.timer.images_per_second:
-                final["images_per_second"] = result.timer.images_per_second
-            final.update(memory_mb())
-            tracker.log_metrics(result.steps, {k: v for k, v in final.items() if k != "initial_loss"})
-        else:
-            tracker.set_tags({"diverged": "true", "diverged_at_step": str(result.diverged.step)})
-        if tracking:
-            write_run_files(artifacts, run, model if predicted is not None else None)
-            if predicted is not None:
-                matrix = confusion_counts(data.y_test, predicted, run.dataset["num_classes"])  # small to send
-                tracker.run_in_background(confusion_matrix, matrix, f"{name}: test set",
-                                          artifacts / "confusion_matrix.png")
-            tracker.log_artifacts(str(artifacts))
-            tracker.run_in_background(shutil.rmtree, artifacts, ignore_errors=True)
-            if result.timer.first_step_unix:
-                tracker.set_tags({"timing.first_step_unix": f"{result.timer.first_step_unix:.3f}"})
-            tracker.flush()
-            # what MLflow cost: its own time (in the helper process) and the time the run waited for it
-            tracker.log_metrics(result.steps, {"tracking_seconds": tracker.seconds,
-                                               "tracking_wait_seconds": tracker.waited})
-        if result.diverged:
-            raise result.diverged
-        tracker.end("FINISHED")
+        final = train_and_record(run, data, recorder, name, overrides, choices)
     except BaseException as e:
-        try:
-            tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-        except Exception:
-            pass  # a tracking error is secondary to the one being raised
+        recorder.end_anyway("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", e)
         release_keras_state()  # a failed sweep job's worker goes on to the next job; cheap next to a failure
         raise
     if release:  # a sweep worker runs the next job in this process; a single run just exits
         release_keras_state()
     print(f"{name}: test_accuracy={final['test_accuracy']:.4f} test_loss={final['test_loss']:.4f} "
-          f"({result.steps} steps in {seconds:.1f} s)" + (f", MLflow run {tracker.run_id}" if tracking else ""))
+          f"({final['steps']} steps in {final['train_seconds']:.1f} s)"
+          + (f", MLflow run {recorder.run_id}" if recorder.enabled else ""))
+    return {**final, "run_id": recorder.run_id}
+
+
+def train_and_record(run, data, recorder, name: str, overrides, choices) -> dict:
+    """Build → fit → evaluate, telling `recorder` each step; the final metrics."""
+    from cnnlab.diagnostics import diagnostics_metrics, init_diagnostics
+    from cnnlab.fit import fit, total_steps
+
+    model, from_logits, keras = prepare_model(run, total_steps(run.trainer, len(data.x_train)))
+    recorder.log_setup(flatten(run.resolved), run_tags(run, data, overrides, choices, keras))
+    batch = slice(0, run.trainer["batch_size"])
+    diag = init_diagnostics(model, data.x_train[batch], data.y_train[batch], from_logits)
+    recorder.log_diagnostics(diagnostics_metrics(diag))
+    try:
+        recorder.confirm()  # a store that cannot take the run fails here, before any training time is spent
+    except TrackingError as e:
+        raise store_error(e, tracking_uri(run.tracking)) from None
+
+    started = time.perf_counter()
+    result = fit(model, data, run.trainer, on_eval=recorder.log_eval, check=recorder.check)
+    seconds = time.perf_counter() - started
+    final, predicted, tags = {"initial_loss": diag["initial_loss"]}, None, {}
+    if result.diverged:
+        tags = {"diverged": "true", "diverged_at_step": str(result.diverged.step)}
+    else:
+        test, predicted = evaluate(model, data, from_logits)
+        final.update(test, train_seconds=seconds, **memory_mb())
+        if result.timer.images_per_second:
+            final["images_per_second"] = result.timer.images_per_second
+    if result.timer.first_step_unix:
+        tags["timing.first_step_unix"] = f"{result.timer.first_step_unix:.3f}"
+    recorder.log_final(result.steps, {k: v for k, v in final.items() if k != "initial_loss"}, tags)
+
+    if recorder.enabled:
+        folder = run_files(run, model if predicted is not None else None)
+        figures = [(run_figures, folder, name, result.history, diag)]
+        if predicted is not None:
+            matrix = confusion_counts(data.y_test, predicted, run.dataset["num_classes"])  # small to send
+            figures.append((confusion_matrix, matrix, f"{name}: test set", folder / "confusion_matrix.png"))
+        recorder.log_outputs(folder, figures)
+        recorder.flush()
+        # what MLflow cost: its own time (in the helper process) and the time the run waited for it
+        recorder.log_final(result.steps, {"tracking_seconds": recorder.seconds,
+                                          "tracking_wait_seconds": recorder.waited}, {})
+    if result.diverged:
+        raise result.diverged
+    recorder.end("FINISHED")
     last_eval = result.history[-1] if result.history else {}
     return {**final, "val_accuracy": last_eval.get("val_accuracy"), "steps": result.steps,
-            "run_id": tracker.run_id if tracking else None}
+            "train_seconds": seconds}
+
+
+def store_error(e: TrackingError, uri: str) -> ConfigError:
+    """A store the helper could not use, as the one-line config error it is."""
+    from cnnlab.store import redact_uri
+
+    message = str(e)
+    if message.startswith("ConfigError: "):  # the store's own check, already naming tracking.uri
+        return ConfigError("", message[len("ConfigError: "):])
+    return ConfigError("tracking.uri", f"cannot record to MLflow at {redact_uri(uri)!r}: {message[:300]}")
 
 
 def release_keras_state() -> None:
@@ -209,26 +191,3 @@ def prepare_model(run, total_steps: int):
     verify_model(run.arch, model)
     compile_model(model, run, total_steps)
     return model, run.arch.rows[-1].args.get("activation") != "softmax", keras
-
-
-def run_tags(run, data, overrides, choices, keras) -> dict[str, str]:
-    from cnnlab.backend import device_name
-
-    return {
-        "hydra.overrides": " ".join(overrides) or "(none)", **git_state(), **versions(),
-        "keras.backend": keras.backend.backend(), "device": device_name(), "data.source": data.source,
-        "dtype_policy": keras.config.dtype_policy().name,
-        "model.params": str(run.arch.total_params),
-        "process.pid": str(os.getpid()),  # which sweep worker ran the job (memory is per process)
-        **{f"choice.{group}": option for group, option in (choices or {}).items()},
-    }
-
-
-def write_run_files(folder: Path, run, model=None) -> None:
-    """config.yaml, shape_table.txt, and the model when training finished (`tracking.log_model`)."""
-    from omegaconf import OmegaConf
-
-    (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run.resolved)))
-    (folder / "shape_table.txt").write_text(shape_table(run.arch) + "\n")
-    if model is not None and run.tracking["log_model"]:
-        model.save(folder / "model.keras")

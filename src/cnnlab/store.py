@@ -1,0 +1,194 @@
+"""The MLflow store a run records to: which one, and whether it can be used, decided in seconds.
+
+Which store: `tracking.uri`, else $MLFLOW_TRACKING_URI, else SQLite under
+`<repo>/mlruns`. Before a run or sweep is created, `open_store` checks that the
+store answers, with bounded waits (an unusable store is one line within ~15 s,
+not MLflow's minutes of retries), and for SQLite creates or repairs the schema
+under a file lock beside the database: parallel first runs on a fresh store
+raced in MLflow's migrations and left `_alembic_tmp_*` tables behind.
+
+Example:
+    >>> resolve_uri(None).startswith("sqlite:///")     # doctest: +SKIP
+    True
+    >>> with open_store("sqlite:////tmp/x/mlflow.db"):   # doctest: +SKIP
+    ...     client = MlflowClient("sqlite:////tmp/x/mlflow.db")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from cnnlab.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DB = REPO_ROOT / "mlruns" / "mlflow.db"
+URI_ENV = "MLFLOW_TRACKING_URI"
+CONNECT_SECONDS = 5  # one attempt to reach a server or database
+LOCK_SECONDS = 120  # another process creating or migrating the same store
+
+
+def resolve_uri(configured: str | None) -> str:
+    """`tracking.uri` > $MLFLOW_TRACKING_URI > sqlite:///<repo>/mlruns/mlflow.db."""
+    return configured or os.environ.get(URI_ENV) or f"sqlite:///{DEFAULT_DB}"
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with any user:password replaced by `***`, fit to print or log.
+
+    >>> redact_uri("postgresql://mlflow:s3cret@db:5432/mlflow")
+    'postgresql://***@db:5432/mlflow'
+    """
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifacts beside a SQLite database (<dir>/artifacts); a tracking server decides for itself."""
+    path = sqlite_path(uri)
+    return (path.parent / "artifacts").resolve().as_uri() if path else None
+
+
+def _refuse(uri: str, why: str) -> ConfigError:
+    return ConfigError("tracking.uri", f"cannot record to MLflow at {redact_uri(uri)!r}: {why}")
+
+
+@contextlib.contextmanager
+def open_store(uri: str):
+    """Check the store answers; for SQLite, hold its lock with the schema created and whole.
+
+    Raises ConfigError (key `tracking.uri`) for a store that cannot be used.
+    """
+    scheme = urlsplit(uri).scheme
+    path = sqlite_path(uri)
+    if path is not None:
+        with _sqlite_lock(uri, path):
+            _repair_half_migrated(uri, path)
+            yield
+    elif scheme in ("http", "https"):
+        _probe_server(uri)
+        with quick_http():
+            yield
+    elif scheme in ("", "file"):
+        yield  # a file store: MLflow itself says whether it allows it
+    else:
+        _probe_database(uri)
+        yield
+
+
+def _sqlite_lock(uri: str, path: Path):
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_name(path.name + ".lock"), "a")
+    except OSError as e:
+        raise _refuse(uri, f"its folder is not writable ({e.strerror or e})") from None
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        handle.close()
+        raise _refuse(uri, f"{path} is not writable")
+    return _held(handle, uri)
+
+
+@contextlib.contextmanager
+def _held(handle, uri: str):
+    deadline = time.monotonic() + LOCK_SECONDS
+    with handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise _refuse(uri, f"another process has held {handle.name} for {LOCK_SECONDS} s") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _repair_half_migrated(uri: str, path: Path) -> None:
+    """Drop `_alembic_tmp_*` tables of an interrupted migration, then finish it with MLflow's own upgrade."""
+    if not path.exists():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            leftovers = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
+            if not leftovers:
+                return
+            if "alembic_version" not in tables:
+                raise _refuse(uri, f"{path} holds a half-created schema ({', '.join(leftovers)}); "
+                                   "move the file aside to start a new store")
+            for table in leftovers:
+                db.execute(f'DROP TABLE "{table}"')
+            db.commit()
+    except sqlite3.Error as e:
+        raise _refuse(uri, f"{path} is not a usable SQLite database ({e})") from None
+    import sqlalchemy
+    from mlflow.store.db.utils import _upgrade_db
+
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        _upgrade_db(engine)
+    except Exception as e:
+        raise _refuse(uri, f"{path} was left half-migrated and MLflow could not finish it "
+                           f"({type(e).__name__}); back it up, then run `mlflow db upgrade {uri}`") from None
+    finally:
+        engine.dispose()
+
+
+def _probe_server(uri: str) -> None:
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=CONNECT_SECONDS)
+    except requests.RequestException as e:
+        raise _refuse(uri, f"no MLflow server answers ({type(e).__name__})") from None
+
+
+def _probe_database(uri: str) -> None:
+    """One connection attempt with a timeout (MLflow's own engine retries for ~2 minutes)."""
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": CONNECT_SECONDS})
+    except Exception as e:  # an unknown scheme or a missing driver
+        raise _refuse(uri, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    try:
+        with engine.connect():
+            pass
+    except Exception as e:
+        cause = getattr(e, "orig", None) or e
+        raise _refuse(uri, f"the database does not answer ({type(cause).__name__}: "
+                           f"{redact_uri(str(cause).splitlines()[0][:200]) if str(cause) else ''})") from None
+    finally:
+        engine.dispose()
+
+
+# MLflow's HTTP client retries a dead server for ~255 s by default: bounded while a run starts
+QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+@contextlib.contextmanager
+def quick_http():
+    """Bounded HTTP retries inside the block (user-set values win); MLflow's generous defaults after it."""
+    saved = {k: os.environ.get(k) for k in QUICK_HTTP}
+    os.environ.update({k: v for k, v in QUICK_HTTP.items() if saved[k] is None})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
