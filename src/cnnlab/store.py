@@ -1,11 +1,12 @@
 """The MLflow store a run records to: which one, and whether it can be used, decided in seconds.
 
 Which store: `tracking.uri`, else $MLFLOW_TRACKING_URI, else SQLite under
-`<repo>/mlruns`. Before a run or sweep is created, `open_store` checks that the
-store answers, with bounded waits (an unusable store is one line within ~15 s,
-not MLflow's minutes of retries), and for SQLite creates or repairs the schema
-under a file lock beside the database: parallel first runs on a fresh store
-raced in MLflow's migrations and left `_alembic_tmp_*` tables behind.
+`<repo>/mlruns`. `check_store` tells in a second or a few whether the store
+answers (a run calls it before loading data: an unusable store is one line,
+not MLflow's minutes of retries). `open_store` wraps the creation of a run or
+sweep: for SQLite it creates or repairs the schema under a file lock beside
+the database (parallel first runs on a fresh store raced in MLflow's
+migrations and left `_alembic_tmp_*` tables behind).
 
 Example:
     >>> resolve_uri(None).startswith("sqlite:///")     # doctest: +SKIP
@@ -64,38 +65,46 @@ def _refuse(uri: str, why: str) -> ConfigError:
     return ConfigError("tracking.uri", f"cannot record to MLflow at {redact_uri(uri)!r}: {why}")
 
 
+def check_store(uri: str) -> None:
+    """Raise ConfigError (key `tracking.uri`) unless the store answers; one bounded attempt, no MLflow import."""
+    scheme = urlsplit(uri).scheme
+    path = sqlite_path(uri)
+    if path is not None:
+        _check_sqlite(uri, path)
+    elif scheme in ("http", "https"):
+        _probe_server(uri)
+    elif scheme not in ("", "file"):  # a file store: MLflow itself says whether it allows it
+        _probe_database(uri)
+
+
 @contextlib.contextmanager
 def open_store(uri: str):
-    """Check the store answers; for SQLite, hold its lock with the schema created and whole.
-
-    Raises ConfigError (key `tracking.uri`) for a store that cannot be used.
-    """
-    scheme = urlsplit(uri).scheme
+    """`check_store`, then for SQLite hold its lock with the schema whole; for servers, bounded retries."""
+    check_store(uri)
     path = sqlite_path(uri)
     if path is not None:
         with _sqlite_lock(uri, path):
             _repair_half_migrated(uri, path)
             yield
-    elif scheme in ("http", "https"):
-        _probe_server(uri)
+    else:
         with quick_http():
             yield
-    elif scheme in ("", "file"):
-        yield  # a file store: MLflow itself says whether it allows it
-    else:
-        _probe_database(uri)
-        yield
+
+
+def _check_sqlite(uri: str, path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _refuse(uri, f"cannot create its folder ({e.strerror or e})") from None
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.R_OK | os.W_OK)):
+        raise _refuse(uri, f"{path if path.exists() else path.parent} is not writable")
 
 
 def _sqlite_lock(uri: str, path: Path):
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path.with_name(path.name + ".lock"), "a")
     except OSError as e:
-        raise _refuse(uri, f"its folder is not writable ({e.strerror or e})") from None
-    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-        handle.close()
-        raise _refuse(uri, f"{path} is not writable")
+        raise _refuse(uri, f"cannot write beside it ({e.strerror or e})") from None
     return _held(handle, uri)
 
 

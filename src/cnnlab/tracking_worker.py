@@ -16,6 +16,7 @@ stop training at the next step.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import signal
@@ -66,6 +67,8 @@ def serve(inbox_fd: int, outbox) -> None:
         from cnnlab.plots import pyplot
 
         pyplot()
+        # a failed call reaches the user as one line from the training process, not as MLflow's traceback
+        logging.getLogger("mlflow").setLevel(logging.CRITICAL)
     except Exception as e:
         error = describe(e)
     warm_up = time.perf_counter() - started  # MLflow's import: part of what tracking costs

@@ -20,6 +20,7 @@ from cnnlab.data import load_data
 from cnnlab.errors import ConfigError
 from cnnlab.plots import confusion_counts, confusion_matrix, run_figures
 from cnnlab.recorder import NullRecorder, Recorder, TrackingError, run_files, run_tags
+from cnnlab.store import check_store, redact_uri
 from cnnlab.tracking import flatten, tracking_uri
 
 
@@ -70,6 +71,8 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
     when the loss becomes NaN/inf and `TrackingError` when tracking breaks mid-run
     (the run marked FAILED in both cases, by whichever process still can).
     """
+    if run.tracking["enabled"]:
+        check_store(tracking_uri(run.tracking))  # an unusable store: one line now, not after the imports
     # MLflow runs in a helper process, which starts importing it now, beside the data loading
     recorder = Recorder() if run.tracking["enabled"] else NullRecorder()
     try:
@@ -144,8 +147,6 @@ def train_and_record(run, data, recorder, name: str, overrides, choices) -> dict
 
 def store_error(e: TrackingError, uri: str) -> ConfigError:
     """A store the helper could not use, as the one-line config error it is."""
-    from cnnlab.store import redact_uri
-
     message = str(e)
     if message.startswith("ConfigError: "):  # the store's own check, already naming tracking.uri
         return ConfigError("", message[len("ConfigError: "):])
