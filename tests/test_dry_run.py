@@ -41,6 +41,8 @@ def test_dry_run_prints_the_table_and_builds_the_model(compose, tmp_path, model,
         assert shape in line_of(out, layer)
     assert total in line_of(out, "Total")
     assert f"built the same model: {total} parameters, output (None, 10)" in out
+    estimate = "Memory estimate (batch 100): ~"
+    assert out.index("Total params:") < out.index(estimate) and "budget trainer.memory_budget_mb=auto (" in out
     assert f"name: {model}" in out and "dry_run: true" in out  # the resolved config comes first
     assert out.index("dry_run: true") < out.index(f"Model: {model}")
 

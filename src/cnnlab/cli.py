@@ -157,6 +157,9 @@ def dry_run(cfg, run) -> None:
 
     print(OmegaConf.to_yaml(cfg, resolve=True))
     print(shape_table(run.arch))
+    from cnnlab.memory import estimate
+
+    print(estimate(run.arch, run.trainer["batch_size"]).summary(run.trainer["memory_budget_mb"]))
     from cnnlab.backend import keras
 
     model = build_model(run.arch, run.trainer["seed"])

@@ -3,7 +3,10 @@
 Offline, `<name>.npz` (the Keras layout: x_train, y_train, x_test, y_test) is read
 from `dataset.path` or the folder in $CNNLAB_DATA_DIR; otherwise
 `keras.datasets.<name>.load_data()` downloads it. The test split is only
-touched by the final evaluation.
+touched by the final evaluation. The arrays are checked as they load
+(`cnnlab.data_checks`: finite pixels in a known range, integer labels in
+[0, num_classes), one label per image, no empty split): a bad file ends in one
+line before any MLflow run exists.
 
 Example:
     >>> check_dataset({"name": "mnist", "input_shape": [28, 28, 1], "num_classes": 10}, "dataset")["val_size"]
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnlab.data_checks import check_not_empty, check_split, pixel_range
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.fields import Field, check_fields, choice, non_negative_int, optional, positive_int, shape, show, string
 
@@ -34,6 +38,9 @@ DATASET_FIELDS = {
     "val_size": Field(non_negative_int, 5000),
     "train_size": Field(optional(positive_int), None),
     "test_size": Field(optional(positive_int), None),
+    # null: uint8 pixels are divided by 255 and any other pixels must already lie in [0, 1];
+    # [lo, hi]: the file's pixels lie in [lo, hi] and are mapped onto [0, 1] (e.g. [0, 255] for float 0..255)
+    "pixel_range": Field(pixel_range, None),
 }
 
 
@@ -79,11 +86,15 @@ def load_data(spec: dict) -> Data:
     else:
         path = data_file(spec)
         arrays, source = (_read_npz(path, spec), str(path)) if path else (_download(spec), f"keras.datasets.{spec['name']}")
-    x_train, y_train, x_test, y_test = (_check_array(a, k, spec, source) for k, a in zip(KEYS, arrays))
+    key = _source_key(spec)
+    x_train, y_train = check_split(arrays[0], arrays[1], "train", spec, source, key)
+    x_test, y_test = check_split(arrays[2], arrays[3], "test", spec, source, key)
     if spec["train_size"]:
         x_train, y_train = x_train[: spec["train_size"]], y_train[: spec["train_size"]]
     if spec["test_size"]:
         x_test, y_test = x_test[: spec["test_size"]], y_test[: spec["test_size"]]
+    check_not_empty(len(x_train), "training images (x_train is empty)", source, key)
+    check_not_empty(len(x_test), "test images (x_test is empty)", source, key)
     n_val = spec["val_size"]
     if n_val >= len(x_train):
         raise DataError("dataset.val_size", f"{n_val} leaves no training images out of {len(x_train)} in {source}")
@@ -94,13 +105,20 @@ def load_data(spec: dict) -> Data:
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
+def _source_key(spec: dict) -> str:
+    """The setting that chose the file: what a user changes to point at a good one."""
+    if spec["name"] == "synthetic":
+        return "dataset.name"
+    return "dataset.path" if spec["path"] else DATA_DIR_ENV
+
+
 def _where_hint(spec: dict) -> str:
     return (f"put {spec['name']}.npz (keys {', '.join(KEYS)}) in a folder and set {DATA_DIR_ENV} to it, "
             "or set dataset.path")
 
 
 def _read_npz(path: Path, spec: dict):
-    key = "dataset.path" if spec["path"] else DATA_DIR_ENV
+    key = _source_key(spec)
     if not path.is_file():
         raise DataError(key, f"{spec['name']} data file not found at {path}; {_where_hint(spec)}")
     try:
@@ -123,20 +141,6 @@ def _download(spec: dict):
             DATA_DIR_ENV, f"could not download {spec['name']} ({type(e).__name__}: {str(e)[:120]}); {_where_hint(spec)}"
         ) from None
     return x_train, y_train, x_test, y_test
-
-
-def _check_array(a: np.ndarray, key: str, spec: dict, source: str) -> np.ndarray:
-    if key.startswith("y"):
-        a = np.asarray(a).reshape(-1)  # CIFAR-10 ships labels as (n, 1)
-        if a.size and (a.min() < 0 or a.max() >= spec["num_classes"]):
-            raise DataError("dataset.num_classes", f"{spec['num_classes']} but {source} has {key} labels up to {a.max()}")
-        return a.astype(np.int32)
-    if a.ndim == 3:
-        a = a[..., None]  # add the channel axis to grayscale images
-    if tuple(a.shape[1:]) != spec["input_shape"]:
-        raise DataError("dataset.input_shape",
-                        f"{list(spec['input_shape'])} but {source} holds {key} images of shape {list(a.shape[1:])}")
-    return (a.astype(np.float32) / 255.0) if a.dtype == np.uint8 else a.astype(np.float32)
 
 
 def synthetic_arrays(spec: dict, seed: int = 0):

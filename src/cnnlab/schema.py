@@ -23,6 +23,7 @@ from cnnlab.builder import Architecture, check_model
 from cnnlab.data import check_dataset
 from cnnlab.errors import ConfigError
 from cnnlab.fields import boolean, closest, show
+from cnnlab.memory import check_memory
 from cnnlab.optimizers import check_optimizer
 from cnnlab.tracking import check_tracking
 from cnnlab.trainer import check_trainer
@@ -84,11 +85,13 @@ def check_config(cfg) -> RunConfig:
             f"the output layer emits {show(list(arch.output_shape))} per image but dataset {dataset['name']} "
             f"has {dataset['num_classes']} classes: end with a flat ({dataset['num_classes']},) output",
         )
+    trainer = check_trainer(plain["trainer"])
+    check_memory(arch, trainer)  # the size guard: a model too big for memory fails here, not in TensorFlow
     return RunConfig(
         arch=arch,
         dataset=dataset,
         optimizer=check_optimizer(plain["optimizer"]),
-        trainer=check_trainer(plain["trainer"]),
+        trainer=trainer,
         tracking=check_tracking(plain["tracking"]),
         dry_run=boolean(plain.get("dry_run", False), "dry_run"),
         resolved=plain,

@@ -20,6 +20,7 @@ from cnnlab.fields import (
     positive_number,
     show,
 )
+from cnnlab.memory import memory_budget
 
 
 def _verbose(v, path):
@@ -64,6 +65,8 @@ TRAINER_FIELDS = {
     "steps_per_execution": Field(positive_int, 1),
     "mixed_precision": Field(optional(choice("auto", "mixed_bfloat16", "mixed_float16")), None),
     "pipeline": Field(choice("pydataset", "tensors"), "pydataset"),
+    # the size guard (cnnlab.memory): auto = half of physical memory, a number of MiB, or null (no guard)
+    "memory_budget_mb": Field(memory_budget, "auto"),
 }
 
 
