@@ -86,7 +86,7 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
         final = train_and_record(run, data, recorder, name, overrides, choices)
     except BaseException as e:
         recorder.end_anyway("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", e)
-        release_keras_state()  # a failed sweep job's worker goes on to the next job; cheap next to a failure
+        release_keras_state()  # also for a single run: a stopped input pipeline could block the exit
         raise
     if release:  # a sweep worker runs the next job in this process; a single run just exits
         release_keras_state()
