@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from cnnlab.backend import keras
-from cnnlab.errors import Diverged
+from cnnlab.errors import Diverged, Interrupted
 from cnnlab.pipeline import training_batches, validation_input
 
 
@@ -103,7 +103,7 @@ def stop_on_signal(monitor: Monitor):
 
     def handler(signum, frame):
         if monitor.interrupted:
-            raise KeyboardInterrupt(f"signal {signum}")
+            raise Interrupted(signum)
         monitor.interrupted = signum
         if getattr(monitor, "model", None) is not None:
             monitor.model.stop_training = True
@@ -160,7 +160,7 @@ def fit(model, data, trainer: dict, on_eval=None) -> FitResult:
         )
     batches.release()  # TF's generator registry may outlive the job: keep it from pinning the data
     if monitor.interrupted:
-        raise KeyboardInterrupt(f"signal {monitor.interrupted}")
+        raise Interrupted(monitor.interrupted)
     result.diverged, result.timer = monitor.diverged, timer
     result.steps = iterations(model)
     return result
