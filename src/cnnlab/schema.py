@@ -43,7 +43,7 @@ class RunConfig:
     trainer: dict
     tracking: dict
     dry_run: bool
-    resolved: dict  # the resolved config as the user wrote it, for logging: `oc.env` values and URI credentials are `***`
+    resolved: dict  # the resolved config as the user wrote it, for logging: oc.env values, URI credentials `***`
 
 
 def to_plain(cfg) -> dict:

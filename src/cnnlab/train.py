@@ -159,7 +159,8 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
             tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         except Exception:
             pass  # a tracking error is secondary to the one being raised
-        release_keras_state()  # a failed sweep job's worker goes on to the next job; cheap next to a failure
+        if not isinstance(e, KeyboardInterrupt):  # the process ends; an import cut short would re-import TF
+            release_keras_state()  # a failed sweep job's worker goes on to the next job; cheap next to a failure
         raise
     if release:  # a sweep worker runs the next job in this process; a single run just exits
         release_keras_state()
