@@ -3,10 +3,24 @@
 All logic lives in `cnnlab`; this file only hands Hydra's composed config to it.
 """
 
-import hydra
-from omegaconf import DictConfig
+import signal
+import sys
 
-from cnnlab.cli import guard_hydra_errors, run_job
+
+def _interrupted_while_starting(signum, frame):  # until guard_hydra_errors puts cnnlab's handler in place
+    sys.stderr.write(f"error: interrupted ({signal.Signals(signum).name}) while starting\n")
+    sys.exit(128 + signum)
+
+
+if __name__ == "__main__":  # first of all: Ctrl-C or SIGTERM at any moment ends in one line
+    for _sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(_sig) is not signal.SIG_IGN:
+            signal.signal(_sig, _interrupted_while_starting)
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from cnnlab.cli import guard_hydra_errors, run_job  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -1,7 +1,9 @@
 """What `run.py` does with a composed config, and how errors reach the user.
 
-A bad config, a bad override or a missing data file ends in one line on
-stderr naming the key and the value, and exit code 2; no traceback.
+A bad config, a bad override, a YAML syntax error or a missing data file ends in
+one line on stderr naming the key (or file:line:column) and the value, and exit
+code 2; no traceback. Ctrl-C or SIGTERM at any moment ends in one line and exit
+130 or 143. No message prints a URI's credentials or a value read by `${oc.env:...}`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 import threading
 import traceback
 
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, Interrupted
 
 PARENT_ENV = "CNNLAB_SWEEP_PARENT_RUN_ID"  # set by cnnlab.sweep's callback for the jobs it launches
 
@@ -22,8 +24,60 @@ EXIT_TRACKING = 4  # tracking broke mid-run (store failed, helper died): trainin
 
 
 def fail(message: str, code: int = EXIT_CONFIG):
-    print(f"error: {message}", file=sys.stderr)
+    from cnnlab.config_guard import redact_text
+
+    print(f"error: {redact_text(message)}", file=sys.stderr)
     sys.exit(code)
+
+
+def exit_on_signals() -> None:
+    """Ctrl-C and SIGTERM raise `Interrupted` from here on (until then run.py's handler exits at once).
+
+    A SIGINT that the parent set to be ignored (`nohup`, a background job of a script) stays ignored.
+    """
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def interrupted_message(e: KeyboardInterrupt) -> str:
+    name = signal.Signals(getattr(e, "signum", signal.SIGINT)).name
+    return f"interrupted ({name}); the MLflow run (if any) is marked KILLED"
+
+
+def _exit_at_once(signum, frame):
+    """A signal while the process is already on its way out: no cleanup left worth a traceback."""
+    os.write(2, f"error: {interrupted_message(Interrupted(signum))}\n".encode())
+    os._exit(128 + signum)
+
+
+def _print_redacted_traceback(kind, value, tb):
+    sys.stderr.write(_redacted_traceback(kind, value, tb))
+
+
+def _redacted_traceback(kind, value, tb) -> str:
+    from cnnlab.config_guard import redact_text
+
+    return redact_text("".join(traceback.format_exception(kind, value, tb)))
+
+
+def yaml_error(e: BaseException):
+    """The YAML syntax error behind a Hydra exception, if that is what it is."""
+    import yaml
+
+    found = _cause(e, yaml.MarkedYAMLError)
+    return found if found is not None and found.problem_mark is not None else None
+
+
+def yaml_message(e) -> str:
+    """'conf/model/x.yaml:5:7: expected ',' or '}', but got ':' (while parsing a flow mapping at 4:10)'"""
+    mark = e.problem_mark
+    where = f"{mark.name}:{mark.line + 1}:{mark.column + 1}"
+    context = ""
+    if e.context:
+        at = e.context_mark
+        context = f" ({e.context}" + (f" at {at.line + 1}:{at.column + 1})" if at is not None else ")")
+    return f"{where}: {e.problem}{context}"
 
 
 def one_line(text: str) -> str:
@@ -35,21 +89,59 @@ def guard_hydra_errors(hydra_main) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from cnnlab import config_guard
+
     # Hydra prints composition errors over several lines and exits 1; let them reach us instead.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    sys.excepthook = _print_redacted_traceback  # an unexpected error's traceback shows no credentials
+    config_guard.install()  # before Hydra instantiates anything a config names
+    exit_on_signals()
     try:
         hydra_main()
-    except ConfigError as e:  # raised outside a job, e.g. the sweep's store cannot be used
-        fail(str(e))
-    except ValueError as e:
-        if not _raised_by_hydra(e):
-            raise
+    except BaseException as e:
+        _set_handlers(_exit_at_once)
+        _report(e, (HydraException, OmegaConfBaseException))
+    finally:
+        _set_handlers(_exit_at_once)  # the way out (atexit, joins) is no place for a second traceback
+
+
+def _report(e: BaseException, hydra_errors: tuple) -> None:
+    """One line and the exit code for what ended the run; anything unexpected is raised again."""
+    if isinstance(e, SystemExit):
+        raise e
+    interrupt = _cause(e, KeyboardInterrupt)  # also when cleanup code failed while handling it
+    if interrupt is not None:
+        fail(interrupted_message(interrupt), getattr(interrupt, "exit_code", 130))
+    if isinstance(e, ConfigError):
+        fail(str(e))  # raised by config_guard while Hydra composed the config
+    if yaml_error(e) is not None:
+        fail(yaml_message(yaml_error(e)))
+    if isinstance(e, ValueError) and _raised_by_hydra(e):
         fail(one_line(e))  # command-line misuse, e.g. `-m` together with `--cfg`
-    except (HydraException, OmegaConfBaseException) as e:
+    if isinstance(e, hydra_errors):
         message = str(e).split("Config search path")[0]  # Hydra appends its search path to lookups
         cause = e.__cause__
-        detail = f" ({str(cause).splitlines()[0]})" if isinstance(cause, OmegaConfBaseException) else ""
+        detail = f" ({str(cause).splitlines()[0]})" if isinstance(cause, hydra_errors[1]) else ""
         fail(one_line(message) + detail)
+    raise e
+
+
+def _cause(e: BaseException | None, kind: type):
+    """`e` or the first exception of `kind` in its chain (`raise ... from`, or raised while handling)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, kind):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _set_handlers(handler) -> None:
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, handler)
 
 
 def hydra_context() -> tuple[list[str], dict, bool]:
@@ -80,9 +172,11 @@ def run_job(cfg):
     A single run ends a failure with one line and a non-zero exit. In a sweep the
     job's failure is recorded (a FAILED child run) and the sweep goes on.
     """
+    from cnnlab.config_guard import redact_overrides
     from cnnlab.schema import check_config
 
     overrides, choices, in_sweep = hydra_context()
+    overrides = redact_overrides(overrides)  # they are recorded (tags, run names) and printed
     try:
         run = check_config(cfg)
         if run.dry_run:
@@ -102,19 +196,21 @@ def run_job(cfg):
             if not in_sweep:
                 fail(message, EXIT_DIVERGED if isinstance(e, Diverged) else EXIT_TRACKING)
             print(f"error: {' '.join(overrides)}: {message}", file=sys.stderr)
-        except KeyboardInterrupt:
-            if in_sweep:
-                raise  # Ctrl-C stops the whole sweep
-            fail("interrupted; the MLflow run (if any) is marked KILLED", 130)
+        # Ctrl-C or SIGTERM (Interrupted) goes on up: guard_hydra_errors prints it, a sweep stops
     except ConfigError as e:
         if not in_sweep:
             fail(str(e))
-        print(f"error: {' '.join(overrides)}: {e}", file=sys.stderr)
+        from cnnlab.config_guard import redact_text
+
+        print(redact_text(f"error: {' '.join(overrides)}: {e}"), file=sys.stderr)
         record_failed_job(cfg, overrides, str(e))
-    except Exception:
+    except Exception as e:
+        if _cause(e, KeyboardInterrupt) is not None:  # cleanup failed while handling Ctrl-C: still Ctrl-C
+            raise _cause(e, KeyboardInterrupt) from None
+        sys.stderr.write(_redacted_traceback(*sys.exc_info()))  # (Hydra would print the raw overrides)
         if not in_sweep:
-            raise
-        traceback.print_exc()  # train() has marked the child run FAILED; the sweep goes on
+            sys.exit(1)
+        # train() has marked the child run FAILED; the sweep goes on
     return None
 
 
@@ -131,6 +227,7 @@ def record_failed_job(cfg, overrides: list[str], message: str) -> None:
         return
     from omegaconf import OmegaConf
 
+    from cnnlab.config_guard import redact_text
     from cnnlab.tracking import Tracker, check_tracking, tracking_uri
 
     try:
@@ -141,12 +238,12 @@ def record_failed_job(cfg, overrides: list[str], message: str) -> None:
         return
     name = sweep_child_name(overrides) or "invalid config"
     tracker = Tracker.start(tracking_uri(tracking), tracking["experiment"], name, parent_run_id=parent,
-                            tags={"hydra.overrides": " ".join(overrides), "error": message[:5000]})
+                            tags={"hydra.overrides": " ".join(overrides), "error": redact_text(message)[:5000]})
     tracker.end("FAILED")
 
 
 def _interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise Interrupted(signum)
 
 
 def dry_run(cfg, run) -> None:
@@ -155,7 +252,7 @@ def dry_run(cfg, run) -> None:
 
     from cnnlab.builder import build_model, shape_table, verify_model
 
-    print(OmegaConf.to_yaml(cfg, resolve=True))
+    print(OmegaConf.to_yaml(OmegaConf.create(run.resolved)))  # secrets redacted
     print(shape_table(run.arch))
     from cnnlab.memory import estimate
 

@@ -33,3 +33,23 @@ class Diverged(Exception):
         self.step, self.loss = step, loss
         why = "" if not math.isfinite(loss) else f" (above trainer.max_loss={max_loss:g})"
         super().__init__(f"training diverged: loss became {loss:g}{why} at step {step}")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM; the process then exits with 128 + the signal number (130, 143).
+
+    A KeyboardInterrupt, so every `except BaseException` that ends an MLflow run as KILLED sees it.
+
+    Example:
+        >>> import signal
+        >>> Interrupted(signal.SIGTERM).exit_code
+        143
+    """
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        super().__init__(f"signal {self.signum}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

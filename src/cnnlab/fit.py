@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from cnnlab.backend import keras
-from cnnlab.errors import Diverged
+from cnnlab.errors import Diverged, Interrupted
 from cnnlab.pipeline import training_batches, validation_input
 
 
@@ -111,7 +111,7 @@ def stop_on_signal(monitor: Monitor):
 
     def handler(signum, frame):
         if monitor.interrupted:
-            raise KeyboardInterrupt(f"signal {signum}")
+            raise Interrupted(signum)
         monitor.interrupted = signum
         if getattr(monitor, "model", None) is not None:
             monitor.model.stop_training = True
@@ -171,7 +171,7 @@ def fit(model, data, trainer: dict, on_eval=None, check=None) -> FitResult:
         )
     batches.release()  # TF's generator registry may outlive the job: keep it from pinning the data
     if monitor.interrupted:
-        raise KeyboardInterrupt(f"signal {monitor.interrupted}")
+        raise Interrupted(monitor.interrupted)
     if monitor.failed:
         raise monitor.failed
     result.diverged, result.timer = monitor.diverged, timer

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnnlab.builder import Architecture, check_model
+from cnnlab.config_guard import redacted_config, refuse_targets
 from cnnlab.data import check_dataset
 from cnnlab.errors import ConfigError
 from cnnlab.fields import boolean, closest, show
@@ -43,7 +44,7 @@ class RunConfig:
     trainer: dict
     tracking: dict
     dry_run: bool
-    resolved: dict  # the resolved config as the user wrote it, for logging
+    resolved: dict  # the resolved config as the user wrote it, for logging: oc.env values, URI credentials `***`
 
 
 def to_plain(cfg) -> dict:
@@ -64,6 +65,7 @@ def to_plain(cfg) -> dict:
 def check_config(cfg) -> RunConfig:
     """Validate a composed config (DictConfig or plain dict). Raises ConfigError."""
     plain = to_plain(cfg)
+    refuse_targets(plain)
     for key in plain:
         if key not in TOP_LEVEL:
             raise ConfigError(key, f"unknown top-level key{closest(key, TOP_LEVEL)} (known: {', '.join(TOP_LEVEL)})")
@@ -94,5 +96,5 @@ def check_config(cfg) -> RunConfig:
         trainer=trainer,
         tracking=check_tracking(plain["tracking"]),
         dry_run=boolean(plain.get("dry_run", False), "dry_run"),
-        resolved=plain,
+        resolved=redacted_config(cfg, plain),  # the real tracking.uri stays in `tracking`, which connects
     )

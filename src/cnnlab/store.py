@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -30,6 +31,8 @@ from cnnlab.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DB = REPO_ROOT / "mlruns" / "mlflow.db"
 URI_ENV = "MLFLOW_TRACKING_URI"
+REDACTED = "***"
+_URI_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://)[^/\s?#'\"]*@")
 CONNECT_SECONDS = 5  # one attempt to reach a server or database
 LOCK_SECONDS = 120  # another process creating or migrating the same store
 
@@ -39,16 +42,13 @@ def resolve_uri(configured: str | None) -> str:
     return configured or os.environ.get(URI_ENV) or f"sqlite:///{DEFAULT_DB}"
 
 
-def redact_uri(uri: str) -> str:
-    """The URI with any user:password replaced by `***`, fit to print or log.
+def redact_uri(text: str) -> str:
+    """`text` with the `user:password@` of every URI in it replaced by `***@`, fit to print or log.
 
-    >>> redact_uri("postgresql://mlflow:s3cret@db:5432/mlflow")
-    'postgresql://***@db:5432/mlflow'
+    >>> redact_uri("postgresql://u:p@h/db"), redact_uri("sqlite:///mlruns/mlflow.db")
+    ('postgresql://***@h/db', 'sqlite:///mlruns/mlflow.db')
     """
-    parts = urlsplit(uri)
-    if "@" not in parts.netloc:
-        return uri
-    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
+    return _URI_USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", text)
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -62,21 +62,23 @@ class MlflowSweepCallback(Callback):
         tracking = check_tracking(OmegaConf.to_container(config.tracking, resolve=True))
         if not tracking["enabled"]:
             return
+        from cnnlab.config_guard import redact_overrides, redact_text
+
         keys = swept_keys(config)
-        command = " ".join(["python", *sys.argv])
+        command = redact_text(" ".join(["python", *sys.argv]))
         name = "sweep " + time.strftime("%Y-%m-%d %H:%M:%S")
         # creating the store, experiment and parent here, once, keeps parallel jobs off the schema race
         self.tracker = Tracker.start(tracking_uri(tracking), tracking["experiment"], name,
                                      tags={"cnnlab.sweep": "parent", "sweep.command": command[:5000]})
         self.tracker.log_params({
-            "sweep.overrides": " ".join(config.hydra.overrides.task),
+            "sweep.overrides": " ".join(redact_overrides(config.hydra.overrides.task)),
             "sweep.keys": ",".join(keys),
             "sweep.launcher": str(OmegaConf.select(config, "hydra.launcher._target_")).rsplit(".", 1)[-1],
         })
         os.environ[PARENT_ENV] = self.tracker.run_id
         os.environ[KEYS_ENV] = ",".join(keys)
         self.started = time.perf_counter()
-        print(f"sweep: MLflow parent run {self.tracker.run_id} ({tracking_uri(tracking)})")
+        print(f"sweep: MLflow parent run {self.tracker.run_id} ({redact_text(tracking_uri(tracking))})")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.tracker is None:

@@ -156,7 +156,10 @@ def store_error(e: TrackingError, uri: str) -> ConfigError:
 def release_keras_state() -> None:
     """Free this job's graphs and data before the next job in a reused sweep worker."""
     import gc
+    import sys
 
+    if "keras" not in sys.modules:
+        return  # interrupted before Keras was imported: nothing to free, and no import to start now
     from cnnlab.backend import keras
 
     keras.backend.clear_session()
