@@ -56,8 +56,24 @@ def _raise_interrupted(signum, frame):
 class Job:
     index: int
     overrides: list[str]
-    config: DictConfig  # the job's composed config, hydra node included
-    payload: bytes  # what the worker needs to run it (cloudpickle)
+    launcher: object  # the Hydra launcher plugin (its config and context)
+    shared: bytes  # (hydra_context, task_function, base config, Singleton state), cloudpickled once per launch
+
+    @property
+    def payload(self) -> bytes:
+        return pickle.dumps((self.index, self.overrides, self.shared))
+
+    def config(self) -> DictConfig:
+        """The job's composed config, hydra node included (as the worker composes it)."""
+        return compose_job(self.launcher.hydra_context, self.launcher.config, self.overrides, self.index)
+
+
+def compose_job(hydra_context, config: DictConfig, overrides: list[str], index: int) -> DictConfig:
+    job_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(job_config):
+        job_config.hydra.job.id = f"{job_config.hydra.job.name}_{index}"
+        job_config.hydra.job.num = index
+    return job_config
 
 
 class Worker:
@@ -170,17 +186,13 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list[JobReturn]:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     log.info(f"cnnlab launcher: {len(job_overrides)} jobs on {launcher.n_jobs} worker processes, "
              f"sweep output dir: {sweep_dir}")
-    state = Singleton.get_state()
+    # composed per job in the worker, as the joblib launcher does: in parallel, and only when the job starts
+    shared = cloudpickle.dumps((launcher.hydra_context, launcher.task_function, launcher.config,
+                                Singleton.get_state()))
     jobs = []
     for i, overrides in enumerate(job_overrides):
-        index = initial_job_idx + i
-        log.info(f"\t#{index} : {' '.join(filter_overrides(overrides))}")
-        config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
-        with open_dict(config):
-            config.hydra.job.id = f"{config.hydra.job.name}_{index}"
-            config.hydra.job.num = index
-        payload = cloudpickle.dumps((index, (launcher.hydra_context, launcher.task_function, config, state)))
-        jobs.append(Job(index, list(overrides), config, payload))
+        log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(overrides))}")
+        jobs.append(Job(initial_job_idx + i, list(overrides), launcher, shared))
     if launcher.pool is None:
         launcher.pool = Pool(launcher.n_jobs)
     handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -221,10 +233,11 @@ def lose_job(pool: Pool, worker: Worker, job: Job) -> JobReturn:
         record_lost_job(job, cause)
     except Exception as e:  # the store is unusable: the summary will miss this job, the sweep goes on
         print(f"error: could not record the lost job in MLflow: {type(e).__name__}: {e}", file=sys.stderr)
-    task_cfg = OmegaConf.masked_copy(job.config, [k for k in job.config if k != "hydra"])
+    config = job.config()
+    task_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
     # COMPLETED with no value, as cnnlab.cli.run_job returns for a failed job: Hydra's sweepers go on
-    return JobReturn(overrides=job.overrides, cfg=task_cfg, hydra_cfg=job.config, working_dir=os.getcwd(),
-                     task_name=str(job.config.hydra.job.name), status=JobStatus.COMPLETED, _return_value=None)
+    return JobReturn(overrides=job.overrides, cfg=task_cfg, hydra_cfg=config, working_dir=os.getcwd(),
+                     task_name=str(config.hydra.job.name), status=JobStatus.COMPLETED, _return_value=None)
 
 
 def record_lost_job(job: Job, cause: str) -> None:

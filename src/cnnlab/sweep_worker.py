@@ -1,8 +1,9 @@
 """One sweep worker process of `hydra/launcher=cnnlab`: runs the jobs its launcher sends, one at a time.
 
 TensorFlow is imported once per worker and reused by its jobs. The launcher writes
-`(index, payload)` messages (cloudpickle) to the worker's stdin; the worker answers each
-with `(index, JobReturn)` on the file descriptor named on its command line. It exits at
+`(index, overrides, context)` messages (pickle; the Hydra context inside, cloudpickled) to
+the worker's stdin; the worker composes the job's config, runs it and answers with
+`(index, JobReturn)` on the file descriptor named on its command line. It exits at
 stdin's end, on SIGINT/SIGTERM (the job in progress ends its MLflow run KILLED), and at
 once when its launcher dies (Linux `PR_SET_PDEATHSIG`), so no worker outlives its sweep.
 
@@ -33,14 +34,18 @@ def die_with_launcher(launcher_pid: int) -> None:
         os._exit(1)
 
 
-def run_one(index: int, hydra_context, task_function, sweep_config, singleton_state):
-    """Run one Hydra job here, as hydra_joblib_launcher does in its loky workers."""
+def run_one(index: int, overrides: list[str], shared: bytes):
+    """Compose and run one Hydra job here, as hydra_joblib_launcher does in its loky workers."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.singleton import Singleton
     from hydra.core.utils import run_job, setup_globals
 
+    from cnnlab.launcher import compose_job
+
+    hydra_context, task_function, config, singleton_state = pickle.loads(shared)
     setup_globals()
     Singleton.set_state(singleton_state)
+    sweep_config = compose_job(hydra_context, config, overrides, index)
     HydraConfig.instance().set_config(sweep_config)
     os.environ[JOB_ENV] = str(index)
     try:
@@ -70,10 +75,10 @@ def main() -> None:
     try:
         while True:
             try:
-                index, payload = pickle.load(sys.stdin.buffer)
+                index, overrides, shared = pickle.load(sys.stdin.buffer)
             except EOFError:
                 break  # the launcher has no more jobs, or is gone
-            reply(outbox, index, run_one(index, *payload))
+            reply(outbox, index, run_one(index, overrides, shared))
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM forwarded by the launcher; the job's run is ended KILLED
         sys.stdout.flush()
         os._exit(130)
