@@ -129,7 +129,7 @@ class Pool:
         self.size, self.workers = max(1, size), []
         atexit.register(self.close)
 
-    def dispatch(self, pending: deque, lost: dict) -> None:
+    def dispatch(self, pending: deque) -> None:
         while pending:
             idle = next((w for w in self.workers if w.job is None), None)
             if idle is None and len(self.workers) < self.size:
@@ -138,8 +138,10 @@ class Pool:
             if idle is None:
                 return
             job = pending.popleft()
-            if not idle.send(job):
-                lost[job.index] = lose_job(self, idle, job)
+            if not idle.send(job):  # it died while idle (its exit is not the job's fault): use a fresh one
+                idle.job = None
+                self.remove(idle)
+                pending.appendleft(job)
 
     def busy(self) -> list[Worker]:
         return [w for w in self.workers if w.job is not None]
@@ -211,7 +213,7 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list[JobReturn]:
 def run_jobs(pool: Pool, jobs: list[Job]) -> list[JobReturn]:
     pending, results = deque(jobs), {}
     while pending or pool.busy():
-        pool.dispatch(pending, results)
+        pool.dispatch(pending)
         busy = pool.busy()
         ready, _, _ = select.select([w.results for w in busy], [], [], 1.0)
         for worker in busy:
