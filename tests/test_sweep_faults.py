@@ -22,18 +22,18 @@ from conftest import REPO
 
 # jobs of ~10 s each on a 2-core machine (the workers' TensorFlow import comes on top)
 SWEEP = ["-m", "model=tiny", "dataset=synthetic", "trainer.eval_every=50", "trainer.verbose=0",
-         "trainer.seed=1,2,3,4", "hydra/launcher=cnnlab", "hydra.launcher.n_jobs=2"]
+         "hydra/launcher=cnnlab", "hydra.launcher.n_jobs=2"]
 
 
 class Sweep:
     """A sweep subprocess in its own session, and its MLflow store."""
 
-    def __init__(self, tmp, steps: int):
+    def __init__(self, tmp, steps: int, seeds: str = "1,2,3,4"):
         self.db = tmp / "mlflow.db"
         self.uri = f"sqlite:///{self.db}"
         self.out, self.err = tmp / "stdout.txt", tmp / "stderr.txt"
         self.worker_pids: set[int] = set()
-        args = [sys.executable, "run.py", *SWEEP, f"trainer.steps={steps}", f"tracking.uri={self.uri}",
+        args = [sys.executable, "run.py", *SWEEP, f"trainer.seed={seeds}", f"trainer.steps={steps}", f"tracking.uri={self.uri}",
                 f"hydra.sweep.dir={tmp}/multirun"]
         self.started = time.monotonic()
         with open(self.out, "w") as out, open(self.err, "w") as err:
@@ -62,6 +62,17 @@ class Sweep:
                 return found
             time.sleep(0.3)
         pytest.fail(f"no {count} jobs running after {timeout} s; stderr: {self.err.read_text()[-2000:]}")
+
+    def workers(self) -> list[int]:
+        """The launcher's sweep worker processes (its children running cnnlab.sweep_worker), from /proc."""
+        found = []
+        for entry in os.scandir("/proc"):
+            stat = _read(f"/proc/{entry.name}/stat") if entry.name.isdigit() else b""
+            if stat and int(stat.rsplit(b")", 1)[1].split()[1]) == self.proc.pid \
+                    and b"cnnlab.sweep_worker" in _read(f"/proc/{entry.name}/cmdline"):
+                found.append(int(entry.name))
+        self.worker_pids |= set(found)
+        return sorted(found)
 
     def statuses(self) -> dict[str, tuple]:
         """run name → (status, is child, error tag)"""
@@ -186,5 +197,24 @@ def test_sigkill_of_launcher_takes_workers_and_ends_runs(tmp_path):
         (parent,) = [v for v in runs.values() if not v[1]]
         assert parent[0] == "KILLED" and parent[2] == "the sweep's launcher process died"
         assert {v[0] for v in runs.values() if v[1]} == {"KILLED"}
+    finally:
+        sweep.cleanup()
+
+
+def test_worker_killed_before_its_job_made_a_run(tmp_path):
+    sweep = Sweep(tmp_path, steps=20, seeds="1,2")
+    try:
+        assert wait_until(lambda: len(sweep.workers()) == 2, timeout=120, interval=0.2)
+        victim = sweep.workers()[0]
+        time.sleep(1.0)  # the worker is importing TensorFlow for its first job: no MLflow run exists yet
+        assert not sweep.query("SELECT 1 FROM tags WHERE key = 'process.pid'")
+        os.kill(victim, signal.SIGKILL)
+        code = sweep.wait(timeout=600)
+        assert code == 0, sweep.err.read_text()[-3000:]
+        children = {n: v for n, v in sweep.statuses().items() if v[1]}
+        assert sorted(children) == ["trainer.seed=1", "trainer.seed=2"]
+        failed = [v for v in children.values() if v[0] == "FAILED"]
+        assert len(failed) == 1 and failed[0][2] == f"sweep worker {victim} died: killed by SIGKILL"
+        assert "sweep: 2 jobs, 1 finished, 1 failed" in sweep.out.read_text()
     finally:
         sweep.cleanup()
