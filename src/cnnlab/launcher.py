@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 JOB_TAG = "cnnlab.sweep.job"  # set on a job's child run (train.run_tags) from JOB_ENV
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):  # like KeyboardInterrupt: no `except Exception` below may swallow it
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
