@@ -209,3 +209,15 @@ def test_artifact_folder_turning_read_only_fails_the_run(tmp_path):
     (run,) = all_runs(uri)
     assert run.info.status == "FAILED" and "Read-only file system" in run.data.tags["error"]
     assert not list(artifacts.rglob("*.*"))  # no file half-written
+
+
+def test_sweep_to_an_unreachable_store_stops_before_any_job(tmp_path):
+    """Hydra only warns when a callback raises: the sweep must not run its jobs unrecorded and exit 0."""
+    started = time.monotonic()
+    p = run_cli("-m", *TINY, "init=he,glorot", "tracking.uri=http://127.0.0.1:9/",
+                f"hydra.sweep.dir={tmp_path}/multirun", timeout=300)
+    assert p.returncode == 2
+    (line,) = error_lines(p.stderr)
+    assert line.startswith("error: tracking.uri: cannot record to MLflow at 'http://127.0.0.1:9/'")
+    assert "Traceback" not in p.stderr and "sweep: 2 jobs" not in p.stdout
+    assert time.monotonic() - started < 60

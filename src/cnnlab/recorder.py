@@ -260,6 +260,7 @@ def run_tags(run, data, overrides, choices, keras) -> dict[str, str]:
         "dtype_policy": keras.config.dtype_policy().name,
         "model.params": str(run.arch.total_params),
         "process.pid": str(os.getpid()),  # which sweep worker ran the job (memory is per process)
+        **({"cnnlab.sweep.job": os.environ["CNNLAB_SWEEP_JOB"]} if "CNNLAB_SWEEP_JOB" in os.environ else {}),
         **{f"choice.{group}": option for group, option in (choices or {}).items()},
     }
 

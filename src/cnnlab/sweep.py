@@ -13,9 +13,11 @@ launcher's worker processes inherit.
 
 from __future__ import annotations
 
+import atexit
 import csv
 import io
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +28,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.cli import PARENT_ENV
+from cnnlab.errors import ConfigError
 
 KEYS_ENV = "CNNLAB_SWEEP_KEYS"
 METRICS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_loss")
@@ -48,13 +51,25 @@ def child_name(overrides: list[str], keys: list[str]) -> str | None:
 
 
 class MlflowSweepCallback(Callback):
-    """Hydra callback (see conf/config.yaml `hydra.callbacks`): the parent run of a multirun."""
+    """Hydra callback (see conf/config.yaml `hydra.callbacks`): the parent run of a multirun.
+
+    The parent always ends in a final state: FINISHED at the sweep's end, KILLED when the
+    launcher is interrupted (`finish("KILLED")`), FAILED if the process exits without either
+    (e.g. a launcher error), and KILLED by a guard process (`cnnlab.sweep_guard`) if the
+    launcher itself is killed.
+    """
 
     def __init__(self) -> None:
         self.tracker = None
-        self.started = 0.0
+        self.guard = None
+        self.keys: list[str] = []
+        self.uri = self.experiment = None
+
+    def __getstate__(self) -> dict:  # a launcher's workers get a copy: the parent run is not theirs
+        return {"tracker": None, "guard": None, "keys": self.keys, "uri": self.uri, "experiment": self.experiment}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global ACTIVE
         from cnnlab.tracking import Tracker, check_tracking, tracking_uri
 
         os.environ.pop(PARENT_ENV, None)
@@ -64,12 +79,20 @@ class MlflowSweepCallback(Callback):
             return
         from cnnlab.config_guard import redact_overrides, redact_text
 
-        keys = swept_keys(config)
+        self.keys = keys = swept_keys(config)
+        self.uri, self.experiment = tracking_uri(tracking), tracking["experiment"]
         command = redact_text(" ".join(["python", *sys.argv]))
         name = "sweep " + time.strftime("%Y-%m-%d %H:%M:%S")
         # creating the store, experiment and parent here, once, keeps parallel jobs off the schema race
-        self.tracker = Tracker.start(tracking_uri(tracking), tracking["experiment"], name,
-                                     tags={"cnnlab.sweep": "parent", "sweep.command": command[:5000]})
+        try:
+            self.tracker = Tracker.start(self.uri, self.experiment, name,
+                                         tags={"cnnlab.sweep": "parent", "sweep.command": command[:5000]})
+        except Exception as e:  # Hydra would only warn and run every job unrecorded: stop here instead
+            from cnnlab.cli import fail
+
+            fail(str(e) if isinstance(e, ConfigError) else
+                 f"tracking.uri: cannot create the sweep's MLflow run at {redact_text(self.uri)!r}: "
+                 f"{redact_text(str(e).splitlines()[0] if str(e) else type(e).__name__)}")
         self.tracker.log_params({
             "sweep.overrides": " ".join(redact_overrides(config.hydra.overrides.task)),
             "sweep.keys": ",".join(keys),
@@ -78,28 +101,73 @@ class MlflowSweepCallback(Callback):
         os.environ[PARENT_ENV] = self.tracker.run_id
         os.environ[KEYS_ENV] = ",".join(keys)
         self.started = time.perf_counter()
-        print(f"sweep: MLflow parent run {self.tracker.run_id} ({redact_text(tracking_uri(tracking))})")
+        self.guard = start_guard(self.uri, self.tracker.run_id)
+        ACTIVE = self
+        atexit.register(self.finish, "FAILED", "the sweep stopped before its end")
+        print(f"sweep: MLflow parent run {self.tracker.run_id} ({redact_text(self.uri)})")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.tracker is None:
+        self.finish("FINISHED")
+
+    def finish(self, status: str, note: str | None = None) -> None:
+        """End the parent run with `status` and its summary; once (later calls do nothing)."""
+        tracker, self.tracker = self.tracker, None
+        if tracker is None:
             return
-        rows = summarize_children(self.tracker.client, self.tracker.run_id)
-        counts = {s: sum(r["status"] == s for r in rows) for s in ("FINISHED", "FAILED", "KILLED", "RUNNING")}
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            (folder / "summary.csv").write_text(to_csv(rows))
-            (folder / "summary.md").write_text(to_markdown(rows) + "\n")
-            comparison_plot(self.tracker.client, rows, folder / "val_accuracy.png")
-            self.tracker.log_artifacts(folder)
-        self.tracker.set_tags({f"jobs.{s.lower()}": str(n) for s, n in counts.items()} | {"jobs.total": str(len(rows))})
-        self.tracker.log_metrics(0, {"jobs_finished": counts["FINISHED"], "jobs_failed": counts["FAILED"],
-                                     "sweep_seconds": time.perf_counter() - self.started})
-        self.tracker.end("FINISHED")
+        rows, counts = finish_parent(tracker, status, note)
+        if self.guard is not None:
+            try:
+                self.guard.communicate(b"done\n", timeout=10)
+            except Exception:
+                self.guard.kill()
         print(to_markdown(rows))
         print(f"sweep: {len(rows)} jobs, {counts['FINISHED']} finished, {counts['FAILED']} failed"
               + (f", {counts['KILLED']} killed" if counts["KILLED"] else "")
-              + f"; summary in MLflow run {self.tracker.run_id}")
+              + (f"; sweep {status}" if status != "FINISHED" else "")
+              + f"; summary in MLflow run {tracker.run_id}")
         os.environ.pop(PARENT_ENV, None)
+
+
+ACTIVE: MlflowSweepCallback | None = None  # this process's sweep callback, for the launcher to finish
+
+
+def start_guard(uri: str, run_id: str):
+    """A process in its own session that ends the parent KILLED if this one dies before `finish`."""
+    src = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    try:
+        return subprocess.Popen([sys.executable, "-m", "cnnlab.sweep_guard", uri, run_id], stdin=subprocess.PIPE,
+                                env=env, start_new_session=True)
+    except OSError:
+        return None
+
+
+def finish_parent(tracker, status: str, note: str | None = None) -> tuple[list[dict], dict]:
+    """Summary (CSV, Markdown, plot) of the children that exist, job counts, then the parent's end.
+
+    Unless the sweep FINISHED, children still RUNNING are ended KILLED first (their workers are gone).
+    """
+    client, run_id = tracker.client, tracker.run_id
+    if status != "FINISHED":
+        for row in summarize_children(client, run_id):
+            if row["status"] == "RUNNING":
+                client.set_tag(row["run_id"], "error", note or f"sweep {status}")
+                client.set_terminated(row["run_id"], "KILLED")
+    rows = summarize_children(client, run_id)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("FINISHED", "FAILED", "KILLED", "RUNNING")}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "summary.csv").write_text(to_csv(rows))
+        (folder / "summary.md").write_text(to_markdown(rows) + "\n")
+        comparison_plot(client, rows, folder / "val_accuracy.png")
+        tracker.log_artifacts(folder)
+    tags = {f"jobs.{s.lower()}": str(n) for s, n in counts.items()} | {"jobs.total": str(len(rows))}
+    tracker.set_tags(tags | ({"error": note} if note else {}))
+    started = client.get_run(run_id).info.start_time / 1000
+    tracker.log_metrics(0, {"jobs_finished": counts["FINISHED"], "jobs_failed": counts["FAILED"],
+                            "sweep_seconds": time.time() - started})
+    tracker.end(status)
+    return rows, counts
 
 
 def summarize_children(client, parent_id: str) -> list[dict]:
