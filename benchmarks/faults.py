@@ -1,4 +1,4 @@
-"""Issue 11's acceptance, measured: parallel first runs, a killed tracking helper, an unreachable store, bad data.
+"""Issue 11's acceptance, measured: parallel first runs, a killed tracking helper or sweep worker, bad stores and data.
 
     python benchmarks/faults.py                       # all four, defaults below
     python benchmarks/faults.py --runs 6 --repeats 5  # parallel first runs only: --only parallel
@@ -87,6 +87,47 @@ def killed_helper(steps: int, at_step: int) -> None:
               f"{len(errors(stderr))} error line(s): {errors(stderr)}; run {statuses(uri)}")
 
 
+def killed_sweep_worker(steps: int = 300, at_step: int = 50) -> None:
+    """A 4-job sweep on 2 workers; the worker of the first child past `at_step` is SIGKILLed."""
+    import csv
+    import io
+
+    from mlflow.artifacts import load_text
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        statuses(uri)  # create the store before polling it
+        started = time.monotonic()
+        proc = cli("-m", *TINY, f"trainer.steps={steps}", "trainer.eval_every=25", "trainer.seed=1,2,3,4",
+                   "hydra/launcher=cnnlab", "hydra.launcher.n_jobs=2", f"tracking.uri={uri}",
+                   f"hydra.sweep.dir={tmp}/multirun", start_new_session=True)
+        client, victim, deadline = MlflowClient(tracking_uri=uri), None, time.time() + 600
+        try:
+            while victim is None and time.time() < deadline and proc.poll() is None:
+                time.sleep(0.2)
+                for run in client.search_runs([e.experiment_id for e in client.search_experiments()]):
+                    history = client.get_metric_history(run.info.run_id, "val_loss")
+                    if run.info.status == "RUNNING" and "process.pid" in run.data.tags \
+                            and max((m.step for m in history), default=0) >= at_step:
+                        victim = run
+                        os.kill(int(run.data.tags["process.pid"]), signal.SIGKILL)
+                        killed_at = time.monotonic() - started
+                        break
+            _, stderr = proc.communicate(timeout=600)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+        children = {r.info.run_name: r.info.status for r in runs if "mlflow.parentRunId" in r.data.tags}
+        rows = list(csv.DictReader(io.StringIO(load_text(f"{parent.info.artifact_uri}/summary.csv"))))
+        print(f"sweep, 4 jobs on 2 workers, worker of {victim.info.run_name if victim else None} SIGKILLed at "
+              f"{killed_at:.1f} s: exit {proc.returncode} after {time.monotonic() - started:.1f} s; children "
+              f"{children}; victim's error tag {client.get_run(victim.info.run_id).data.tags.get('error')!r}; "
+              f"parent {parent.info.status}, summary.csv {len(rows)} rows")
+
+
 def unreachable(uri: str = "http://127.0.0.1:9/") -> None:
     started = time.monotonic()
     proc = cli(*TINY, "trainer.steps=10", f"tracking.uri={uri}")
@@ -112,13 +153,13 @@ def nan_pixels() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["parallel", "helper", "unreachable", "nan"])
+    parser.add_argument("--only", choices=["parallel", "helper", "sweep", "unreachable", "nan"])
     parser.add_argument("--runs", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     cases = {"parallel": lambda: parallel(args.runs, args.repeats), "helper": lambda: killed_helper(2000, 50),
-             "unreachable": unreachable, "nan": nan_pixels}
+             "sweep": killed_sweep_worker, "unreachable": unreachable, "nan": nan_pixels}
     for name, case in cases.items():
         if args.only in (None, name):
             case()

@@ -36,16 +36,11 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab.cli import PARENT_ENV
+from cnnlab.errors import Interrupted  # a KeyboardInterrupt: no `except Exception` swallows it
 from cnnlab.sweep_worker import JOB_ENV
 
 log = logging.getLogger(__name__)
 JOB_TAG = "cnnlab.sweep.job"  # set on a job's child run (train.run_tags) from JOB_ENV
-
-
-class Interrupted(BaseException):  # like KeyboardInterrupt: no `except Exception` below may swallow it
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 def _raise_interrupted(signum, frame):
