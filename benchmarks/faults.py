@@ -128,11 +128,12 @@ def killed_sweep_worker(steps: int = 300, at_step: int = 50) -> None:
               f"parent {parent.info.status}, summary.csv {len(rows)} rows")
 
 
-def unreachable(uri: str = "http://127.0.0.1:9/") -> None:
-    started = time.monotonic()
-    proc = cli(*TINY, "trainer.steps=10", f"tracking.uri={uri}")
-    _, stderr = proc.communicate(timeout=600)
-    print(f"tracking.uri={uri}: exit {proc.returncode} after {time.monotonic() - started:.1f} s; {errors(stderr)}")
+def unreachable() -> None:
+    for uri in ("http://127.0.0.1:9/", "postgresql://cnnlab:secret@127.0.0.1:9/mlflow"):
+        started = time.monotonic()
+        proc = cli(*TINY, "trainer.steps=10", f"tracking.uri={uri}")
+        _, stderr = proc.communicate(timeout=600)
+        print(f"tracking.uri={uri}: exit {proc.returncode} after {time.monotonic() - started:.1f} s; {errors(stderr)}")
 
 
 def nan_pixels() -> None:
