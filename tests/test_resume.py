@@ -110,7 +110,7 @@ def test_resume_refuses_a_different_config_and_a_missing_checkpoint(tmp_path):
     out = run_cli(*OVERRIDES, store(tmp_path), "optimizer.lr=0.5", f"resume={run_id}")
     assert out.returncode == 2
     (line,) = out.stderr.strip().splitlines()[-1:]
-    assert line.startswith("error: resume:") and "optimizer.lr" in line and "trainer.steps" not in line, out.stderr
+    assert line.startswith("error: resume:") and "optimizer.lr (0.001 -> 0.5)" in line and "trainer.steps (" not in line, out.stderr
     assert client(tmp_path).get_run(run_id).info.status == "KILLED"  # untouched
     out = run_cli(*OVERRIDES, store(tmp_path), "resume=0123456789abcdef")
     assert out.returncode == 2 and out.stderr.strip().startswith("error: resume: no checkpoint"), out.stderr

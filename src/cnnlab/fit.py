@@ -53,6 +53,8 @@ class Monitor(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.interrupted:
+            return  # a chunk cut short by a signal: its resumed run evaluates at the usual step instead
         logs = logs or {}
         metrics = {
             name: float(logs[key])
