@@ -102,7 +102,7 @@ def test_sigterm_checkpoints_then_resume_finishes(tmp_path, uninterrupted):
     check_resumed(tmp_path, run_id, uninterrupted)
 
 
-def test_resume_refuses_a_different_config_and_a_missing_checkpoint(tmp_path):
+def test_resume_refuses_a_different_config_then_resume_last_keeps_the_best(tmp_path):
     proc = start(tmp_path)
     run_id = wait_for_checkpoint(tmp_path, proc)
     os.kill(proc.pid, signal.SIGTERM)
@@ -114,3 +114,13 @@ def test_resume_refuses_a_different_config_and_a_missing_checkpoint(tmp_path):
     assert client(tmp_path).get_run(run_id).info.status == "KILLED"  # untouched
     out = run_cli(*OVERRIDES, store(tmp_path), "resume=0123456789abcdef")
     assert out.returncode == 2 and out.stderr.strip().startswith("error: resume: no checkpoint"), out.stderr
+    # resume=last finds it (the latest KILLED run with this config); keep_best may be switched on
+    out = run_cli(*OVERRIDES, store(tmp_path), "resume=last", "trainer.keep_best=val_loss")
+    assert out.returncode == 0, out.stderr[-2000:]
+    run = client(tmp_path).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    history = client(tmp_path).get_metric_history(run_id, "val_loss")
+    since = int(run.data.tags["resumed_from_step"])  # keep_best was off before: the best since the resume
+    best = min((m for m in history if m.step > since), key=lambda m: m.value)
+    assert int(run.data.tags["best.step"]) == best.step and float(run.data.tags["best.val_loss"]) == best.value
+    assert "best.weights.h5" in [f.path for f in client(tmp_path).list_artifacts(run_id)]

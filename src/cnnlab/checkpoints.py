@@ -148,3 +148,33 @@ def checkpointer(folder: Path, every: int, chunk: int, steps: int):
             return self.saved_step
 
     return Checkpointer()
+
+
+class BestWeights:
+    """`trainer.keep_best`: the weights of the best evaluation so far, `best.weights.h5` in the run's folder.
+
+    Called with each evaluation (`fit`'s `on_eval`); `best.json` ({"step", "metric", "value"}) is read
+    back on resume, so a resumed run keeps comparing against the best from before the kill.
+    """
+
+    def __init__(self, folder: Path, metric: str):
+        self.folder, self.metric = Path(folder), metric
+        try:
+            self.best = json.loads((self.folder / "best.json").read_text())
+        except (OSError, ValueError):
+            self.best = None
+
+    def update(self, model, step: int, metrics: dict) -> None:
+        value = metrics.get(self.metric)
+        if value is None:
+            return
+        better = min if self.metric.endswith("loss") else max
+        if self.best is not None and better(value, self.best["value"]) == self.best["value"]:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / ".best.tmp.weights.h5"
+        model.save_weights(tmp, overwrite=True)
+        _replace(tmp, self.folder / "best.weights.h5")
+        self.best = {"step": step, "metric": self.metric, "value": value}
+        (self.folder / ".best.json.tmp").write_text(json.dumps(self.best))
+        _replace(self.folder / ".best.json.tmp", self.folder / "best.json")

@@ -133,6 +133,7 @@ class FitResult:
     steps: int = 0
     timer: StepTimer | None = None
     checkpoint_seconds: float = 0.0  # time spent writing checkpoints
+    best: dict | None = None  # trainer.keep_best: {"step", "metric", "value"} of best.weights.h5
 
 
 def total_steps(trainer: dict, n_train: int) -> int:
@@ -152,8 +153,13 @@ def fit(model, data, trainer: dict, on_eval=None, check=None, start: int = 0, ch
 
     result = FitResult()
 
+    best = checkpoints.BestWeights(checkpoint_dir, trainer["keep_best"]) \
+        if checkpoint_dir and trainer.get("keep_best") else None
+
     def record(step, metrics):
         result.history.append({"step": step, **metrics})
+        if best:
+            best.update(model, step, metrics)
         if on_eval:
             on_eval(step, metrics)
 
@@ -199,4 +205,5 @@ def fit(model, data, trainer: dict, on_eval=None, check=None, start: int = 0, ch
     result.diverged, result.timer = monitor.diverged, timer
     result.steps = iterations(model)
     result.checkpoint_seconds = saver.seconds if saver else 0.0
+    result.best = best.best if best else None
     return result

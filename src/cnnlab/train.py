@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -133,10 +134,14 @@ def train_and_record(run, data, recorder, name: str, overrides, choices) -> dict
             final["images_per_second"] = result.timer.images_per_second
     if result.timer.first_step_unix:
         tags["timing.first_step_unix"] = f"{result.timer.first_step_unix:.3f}"
+    if result.best:  # trainer.keep_best: which evaluation best.weights.h5 comes from
+        tags.update({"best.step": str(result.best["step"]), f"best.{result.best['metric']}": str(result.best["value"])})
     recorder.log_final(result.steps, {k: v for k, v in final.items() if k != "initial_loss"}, tags)
 
     if recorder.enabled:
         folder = run_files(run, model if predicted is not None else None)
+        if result.best and predicted is not None:  # trainer.keep_best: beside model.keras
+            shutil.copy(saves / "best.weights.h5", folder / "best.weights.h5")
         figures = [(run_figures, folder, name, result.history, diag)]
         if predicted is not None:
             matrix = confusion_counts(data.y_test, predicted, run.dataset["num_classes"])  # small to send

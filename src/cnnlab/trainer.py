@@ -75,6 +75,7 @@ TRAINER_FIELDS = {
     # resume (cnnlab.checkpoints): auto = at each evaluation; null or 0 = no checkpoints
     "checkpoint_every": Field(_checkpoint_every, "auto"),
     "checkpoint_dir": Field(optional(string), None),
+    "keep_best": Field(optional(choice("val_accuracy", "val_loss")), None),  # also upload the best weights
     # the size guard (cnnlab.memory): auto = half of physical memory, a number of MiB, or null (no guard)
     "memory_budget_mb": Field(memory_budget, "auto"),
 }
