@@ -67,10 +67,12 @@ def find_run(client, experiment: str, run_id: str, params: dict, checkpoints: st
         check_differences(run_id, run.data.params, params)
         return run
     found = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([found.experiment_id], "attributes.status IN ('KILLED', 'FAILED')",
-                              order_by=["attributes.start_time DESC"], max_results=200) if found else []
+    # (MLflow's search takes no IN or OR on status: filtered here)
+    runs = client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"],
+                              max_results=1000) if found else []
     for run in runs:
-        if latest(Path(checkpoints) / run.info.run_id) and not differences(run.data.params, params):
+        if run.info.status in RESUMABLE and latest(Path(checkpoints) / run.info.run_id) \
+                and not differences(run.data.params, params):
             return run
     raise ConfigError("resume", f"last: no KILLED or FAILED run of experiment {experiment!r} with this config "
                                 f"has a checkpoint in {checkpoints}")
