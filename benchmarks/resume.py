@@ -57,7 +57,7 @@ def main() -> None:
         ref = runs(whole)[1][0].data.metrics
         share = ref["checkpoint_seconds"] / ref["train_seconds"]
         print(f"uninterrupted: test_loss={ref['test_loss']:.8g} train_seconds={ref['train_seconds']:.2f} "
-              f"checkpoint_seconds={ref['checkpoint_seconds']:.3f} ({share:.1%} of training, "
+              f"checkpoint_seconds={ref['checkpoint_seconds']:.3f} ({share:.3%} of training, "
               f"{a.steps // a.eval_every} checkpoints)")
         run([*args, "trainer.checkpoint_every=null"], plain)
         bare = runs(plain)[1][0].data.metrics

@@ -124,3 +124,14 @@ def test_resume_refuses_a_different_config_then_resume_last_keeps_the_best(tmp_p
     best = min((m for m in history if m.step > since), key=lambda m: m.value)
     assert int(run.data.tags["best.step"]) == best.step and float(run.data.tags["best.val_loss"]) == best.value
     assert "best.weights.h5" in [f.path for f in client(tmp_path).list_artifacts(run_id)]
+
+
+def test_config_differences_allow_a_growing_budget_and_ignore_what_does_not_train():
+    from cnnlab.resume import differences
+
+    logged = {"optimizer.lr": "0.001", "trainer.steps": "300", "trainer.verbose": "auto", "tracking.uri": "a"}
+    same = {**logged, "trainer.steps": "600", "trainer.verbose": "0", "tracking.uri": "b", "resume": "last",
+            "trainer.checkpoint_every": "50"}
+    assert differences(logged, same) == []
+    assert differences(logged, {**same, "trainer.steps": "200"}) == ["trainer.steps (300 -> 200)"]
+    assert differences(logged, {**same, "init.hidden.scheme": "he"}) == ["init.hidden.scheme (unset -> he)"]
