@@ -1,6 +1,6 @@
 """Everything a run records, behind one object: `Recorder` (MLflow, via a helper process) or `NullRecorder`.
 
-The methods follow a run's life: `start`, `log_setup` (params and tags),
+The methods follow a run's life: `start` (or reopen one: `resume=`), `log_setup` (params and tags),
 `log_diagnostics`, `confirm` (the store took the run: before any training
 time is spent), `log_eval` (each evaluation), `check` (each step: has
 tracking failed?), `log_final`, `log_outputs` (files and plots), `end`.

@@ -152,6 +152,8 @@ def train_and_record(run, data, recorder, name: str, overrides, choices) -> dict
         recorder.log_final(result.steps, {"tracking_seconds": recorder.seconds,
                                           "tracking_wait_seconds": recorder.waited}, {})
     if result.diverged:
+        if saves:
+            remove(saves)  # resuming would only diverge again
         raise result.diverged
     recorder.end("FINISHED")
     if saves:
