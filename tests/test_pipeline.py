@@ -112,3 +112,15 @@ def test_fit_inputs_have_no_tf_data_autotuning(pipeline):
         assert isinstance(dataset, tf.data.Dataset)
         assert dataset.options().autotune.enabled is False
     assert validation_input(x[:0], y[:0]) == {}
+
+
+@pytest.mark.parametrize("pipeline", ["pydataset", "tensors"])
+def test_a_resumed_stream_starts_at_its_batch(pipeline):
+    """A run resumed at step k is fed batches k, k+1, ... of the uninterrupted run's order."""
+    x, y = data()
+    trainer = {"batch_size": BATCH, "shuffle": True, "seed": 4, "pipeline": pipeline}
+    whole = as_numpy(training_batches(x, y, trainer, STEPS).fit_input)
+    resumed = as_numpy(training_batches(x, y, trainer, STEPS, start=7).fit_input)
+    assert len(resumed) == STEPS - 7
+    for a, b in zip(whole[7:], resumed):
+        np.testing.assert_array_equal(a[1], b[1])

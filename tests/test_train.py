@@ -93,13 +93,14 @@ def test_tracking_none_writes_no_store(compose, tmp_path, monkeypatch):
 
 def test_divergence_marks_run_failed(compose, tmp_path):
     uri = store(tmp_path)
-    run = check_config(compose(*DIVERGES, f"tracking.uri={uri}"))
+    run = check_config(compose(*DIVERGES, f"tracking.uri={uri}", "trainer.checkpoint_every=1"))
     with pytest.raises(Diverged) as info:
         train(run)
     _, found = runs(uri)
     assert len(found) == 1 and found[0].info.status == "FAILED"
     assert found[0].data.tags["diverged"] == "true"
     assert int(found[0].data.tags["diverged_at_step"]) == info.value.step <= 40
+    assert not list(tmp_path.glob("**/latest.json"))  # no checkpoint kept: resuming would diverge again
 
 
 def test_same_seed_same_result(compose):

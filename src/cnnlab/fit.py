@@ -53,6 +53,8 @@ class Monitor(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.interrupted:
+            return  # a chunk cut short by a signal: its resumed run evaluates at the usual step instead
         logs = logs or {}
         metrics = {
             name: float(logs[key])
@@ -130,6 +132,8 @@ class FitResult:
     diverged: Diverged | None = None
     steps: int = 0
     timer: StepTimer | None = None
+    checkpoint_seconds: float = 0.0  # time spent writing checkpoints
+    best: dict | None = None  # trainer.keep_best: {"step", "metric", "value"} of best.weights.h5
 
 
 def total_steps(trainer: dict, n_train: int) -> int:
@@ -137,43 +141,69 @@ def total_steps(trainer: dict, n_train: int) -> int:
     return trainer["steps"] or trainer["epochs"] * per_epoch
 
 
-def fit(model, data, trainer: dict, on_eval=None, check=None) -> FitResult:
+def fit(model, data, trainer: dict, on_eval=None, check=None, start: int = 0, checkpoint_dir=None) -> FitResult:
     """Train a compiled model on `data` for the trainer's budget; never raises on divergence.
 
     `check()` runs after every step; if it raises, training stops there and `fit` raises it.
+    `start`: the step a restored model is at (`cnnlab.checkpoints`); training goes on from
+    batch `start` with evaluations at the same steps as a run from 0. `checkpoint_dir`: where
+    to checkpoint (`trainer.checkpoint_every`), also when a signal stops training.
     """
+    from cnnlab import checkpoints
+
     result = FitResult()
+
+    best = checkpoints.BestWeights(checkpoint_dir, trainer["keep_best"]) \
+        if checkpoint_dir and trainer.get("keep_best") else None
 
     def record(step, metrics):
         result.history.append({"step": step, **metrics})
+        if best:
+            best.update(model, step, metrics)
         if on_eval:
             on_eval(step, metrics)
 
     steps = total_steps(trainer, len(data.x_train))
-    batches = training_batches(data.x_train, data.y_train, trainer, steps)
-    chunk = min(trainer["eval_every"] or batches.per_epoch, steps)
+    per_epoch = math.ceil(len(data.x_train) / trainer["batch_size"])
+    chunk = min(trainer["eval_every"] or per_epoch, steps)
     monitor = Monitor(record, trainer["max_loss"], check)
     timer = StepTimer(trainer["batch_size"])
     callbacks = [timer, monitor]
     if trainer["early_stopping"]:
         callbacks.append(keras.callbacks.EarlyStopping(**trainer["early_stopping"]))
+    every = checkpoints.interval(trainer) if checkpoint_dir else None
+    saver = checkpoints.checkpointer(checkpoint_dir, every, chunk, steps) if every is not None else None
+    callbacks += [saver] if saver else []  # after Monitor: an evaluation is recorded before its checkpoint
+    # a run resumed mid-chunk first finishes that chunk, so that it evaluates at the usual steps
+    segments = [(start, (start // chunk + 1) * chunk)] if start % chunk else []
+    segments.append((segments[-1][1] if segments else start, steps))
     with warnings.catch_warnings(), stop_on_signal(monitor):
         # the last chunk may be shorter than eval_every; Keras warns that the stream "ran out"
         warnings.filterwarnings("ignore", message="Your input ran out of data")
-        model.fit(
-            batches.fit_input,
-            epochs=math.ceil(steps / chunk),
-            steps_per_epoch=chunk,
-            shuffle=False,  # the order is the pipeline's; Keras would otherwise permute a PyDataset's batches
-            **validation_input(data.x_val, data.y_val),
-            callbacks=callbacks,
-            verbose=trainer["verbose"],
-        )
-    batches.release()  # TF's generator registry may outlive the job: keep it from pinning the data
+        for first, end in segments:
+            end = min(end, steps)
+            if first >= end or (first != start and model.stop_training):  # stopped in the first segment
+                break
+            batches = training_batches(data.x_train, data.y_train, trainer, steps, start=first)
+            model.fit(
+                batches.fit_input,
+                epochs=math.ceil(end / chunk) if end == steps else 1,
+                initial_epoch=first // chunk if end == steps else 0,
+                steps_per_epoch=chunk if end == steps else end - first,
+                shuffle=False,  # the order is the pipeline's; Keras would otherwise permute a PyDataset's batches
+                **validation_input(data.x_val, data.y_val),
+                callbacks=callbacks,
+                verbose=trainer["verbose"],
+            )
+            batches.release()  # TF's generator registry may outlive the job: keep it from pinning the data
     if monitor.interrupted:
+        if saver and iterations(model) != saver.saved_step:
+            saver.save()  # preemption: what was trained so far is kept for `resume=<run_id>`
         raise Interrupted(monitor.interrupted)
     if monitor.failed:
         raise monitor.failed
     result.diverged, result.timer = monitor.diverged, timer
     result.steps = iterations(model)
+    result.checkpoint_seconds = saver.seconds if saver else 0.0
+    result.best = best.best if best else None
     return result

@@ -42,14 +42,15 @@ def epoch_orders(n: int, batch_size: int, steps: int, shuffle: bool, seed: int) 
 class BatchStream(keras.utils.PyDataset):
     """The batches of a run from arrays: NumPy (sliced on the host) or backend tensors (gathered by the backend)."""
 
-    def __init__(self, x, y, batch_size: int, steps: int, orders: np.ndarray):
+    def __init__(self, x, y, batch_size: int, steps: int, orders: np.ndarray, start: int = 0):
         super().__init__()
         self.x, self.y, self.batch_size, self.steps, self.orders = x, y, batch_size, steps, orders
+        self.start = start  # item i is the run's batch start + i (a resumed run starts mid-order)
         self.per_epoch = math.ceil(len(x) / batch_size)
         self._on_backend = not isinstance(x, np.ndarray)
 
     def __len__(self) -> int:
-        return self.steps
+        return self.steps - self.start
 
     @property
     def fit_input(self):
@@ -60,7 +61,7 @@ class BatchStream(keras.utils.PyDataset):
         import tensorflow as tf
 
         spec = tuple(tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)) for a in self[0])
-        dataset = tf.data.Dataset.from_generator(lambda: (self[i] for i in range(self.steps)), output_signature=spec)
+        dataset = tf.data.Dataset.from_generator(lambda: (self[i] for i in range(len(self))), output_signature=spec)
         return without_autotune(dataset.prefetch(2))
 
     def release(self) -> None:
@@ -68,7 +69,7 @@ class BatchStream(keras.utils.PyDataset):
         self.x = self.y = self.orders = None
 
     def __getitem__(self, i: int):
-        epoch, j = divmod(i, self.per_epoch)
+        epoch, j = divmod(self.start + i, self.per_epoch)
         idx = self.orders[epoch][j * self.batch_size : (j + 1) * self.batch_size]
         if self._on_backend:
             idx = keras.ops.convert_to_tensor(idx)
@@ -79,7 +80,7 @@ class BatchStream(keras.utils.PyDataset):
 class TFDatasetBatches:
     """The same batches as a `tf.data.Dataset`: the split as graph constants, gathered and prefetched by TF."""
 
-    def __init__(self, x, y, batch_size: int, steps: int, orders: np.ndarray):
+    def __init__(self, x, y, batch_size: int, steps: int, orders: np.ndarray, start: int = 0):
         import tensorflow as tf
 
         self.per_epoch = math.ceil(len(x) / batch_size)
@@ -88,6 +89,7 @@ class TFDatasetBatches:
             tf.data.Dataset.from_tensor_slices(orders)
             .flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
             .take(steps)
+            .skip(start)  # a resumed run starts at its checkpoint's batch
             .map(lambda idx: (tf.gather(xs, idx), tf.gather(ys, idx)), num_parallel_calls=2, deterministic=True)
             .prefetch(2)
         )
@@ -126,10 +128,10 @@ def validation_input(x, y, batch_size: int = 500) -> dict:
     return {"validation_data": without_autotune(dataset)}
 
 
-def training_batches(x, y, trainer: dict, steps: int):
-    """The run's batches: `.fit_input` goes to `model.fit`; also `.per_epoch` and `.release()`."""
+def training_batches(x, y, trainer: dict, steps: int, start: int = 0):
+    """The run's batches from batch `start` on: `.fit_input` goes to `model.fit`; also `.per_epoch`, `.release()`."""
     orders = epoch_orders(len(x), trainer["batch_size"], steps, trainer["shuffle"], trainer["seed"])
-    args = (trainer["batch_size"], steps, orders)
+    args = (trainer["batch_size"], steps, orders, start)
     if trainer["pipeline"] == "pydataset":
         return BatchStream(x, y, *args)
     if keras.backend.backend() == "tensorflow":

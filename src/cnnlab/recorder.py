@@ -1,6 +1,6 @@
 """Everything a run records, behind one object: `Recorder` (MLflow, via a helper process) or `NullRecorder`.
 
-The methods follow a run's life: `start`, `log_setup` (params and tags),
+The methods follow a run's life: `start` (or reopen one: `resume=`), `log_setup` (params and tags),
 `log_diagnostics`, `confirm` (the store took the run: before any training
 time is spent), `log_eval` (each evaluation), `check` (each step: has
 tracking failed?), `log_final`, `log_outputs` (files and plots), `end`.
@@ -56,10 +56,18 @@ class Recorder:
         self.error: str | None = None  # the first failure the helper reported
 
     # --- the run's life, in order -------------------------------------------------------------
-    def start(self, uri: str, experiment: str, run_name: str, parent_run_id: str | None = None) -> None:
-        """Open the store and create the run (a failure surfaces at `confirm` or `check`)."""
+    def start(self, uri: str, experiment: str, run_name: str, parent_run_id: str | None = None,
+              resume: dict | None = None) -> None:
+        """Open the store and create the run (a failure surfaces at `confirm` or `check`).
+
+        `resume` ({"run_id": <id or "last">, "params": ..., "checkpoints": <root>}): reopen that
+        run instead (`Tracker.resume`); a config that differs from its params fails at `confirm`.
+        """
         self.started, self.uri = True, uri
-        self._send("start", uri, experiment, run_name, parent_run_id)
+        self._send("start", uri, experiment, run_name, parent_run_id, resume)
+
+    def tag(self, tags: dict[str, str]) -> None:
+        self._call("set_tags", tags)
 
     def log_setup(self, params: dict[str, str], tags: dict[str, str]) -> None:
         self._call("log_params", params)

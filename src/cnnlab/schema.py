@@ -23,7 +23,7 @@ from cnnlab.builder import Architecture, check_model
 from cnnlab.config_guard import redacted_config, refuse_targets
 from cnnlab.data import check_dataset
 from cnnlab.errors import ConfigError
-from cnnlab.fields import boolean, closest, show
+from cnnlab.fields import boolean, closest, optional, show, string
 from cnnlab.memory import check_memory
 from cnnlab.optimizers import check_optimizer
 from cnnlab.tracking import check_tracking
@@ -31,7 +31,7 @@ from cnnlab.trainer import check_trainer
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 GROUPS = ("model", "init", "dataset", "optimizer", "trainer", "tracking")
-TOP_LEVEL = (*GROUPS, "dry_run")
+TOP_LEVEL = (*GROUPS, "dry_run", "resume")
 
 
 @dataclass
@@ -45,6 +45,7 @@ class RunConfig:
     tracking: dict
     dry_run: bool
     resolved: dict  # the resolved config as the user wrote it, for logging: oc.env values, URI credentials `***`
+    resume: str | None = None  # a run id to continue, or "last" (cnnlab.resume)
 
 
 def to_plain(cfg) -> dict:
@@ -96,5 +97,6 @@ def check_config(cfg) -> RunConfig:
         trainer=trainer,
         tracking=check_tracking(plain["tracking"]),
         dry_run=boolean(plain.get("dry_run", False), "dry_run"),
+        resume=optional(string)(plain.get("resume"), "resume"),
         resolved=redacted_config(cfg, plain),  # the real tracking.uri stays in `tracking`, which connects
     )

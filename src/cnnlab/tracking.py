@@ -59,6 +59,7 @@ class Tracker:
     def __init__(self, client, run_id: str, seconds: float = 0.0):
         self.client, self.run_id = client, run_id
         self.seconds = seconds  # wall time spent in MLflow calls so far: the cost of tracking
+        self.logged: set | None = None  # a resumed run: the (metric, step)s and params it already has
 
     @contextmanager
     def _clock(self):
@@ -85,6 +86,29 @@ class Tracker:
         return cls(client, run.info.run_id, time.perf_counter() - started)
 
     @classmethod
+    def resume(cls, uri: str, experiment: str, run_id: str, params: dict, checkpoints: str) -> "Tracker":
+        """Reopen a KILLED/FAILED run (`run_id` or "last", `cnnlab.resume.find_run`) as RUNNING.
+
+        What it has already recorded is not recorded again: MLflow refuses a param with a new
+        value, and a metric step logged twice would show twice.
+        """
+        started = time.perf_counter()
+        from mlflow.tracking import MlflowClient
+
+        from cnnlab.resume import find_run
+
+        with open_store(uri):
+            client = MlflowClient(tracking_uri=uri)
+            run = find_run(client, experiment, run_id, params, checkpoints)
+            tracker = cls(client, run.info.run_id)
+            tracker.logged = {("param", k) for k in run.data.params}
+            for key in run.data.metrics:
+                tracker.logged |= {(key, m.step) for m in client.get_metric_history(run.info.run_id, key)}
+            client.update_run(run.info.run_id, status="RUNNING")
+        tracker.seconds = time.perf_counter() - started
+        return tracker
+
+    @classmethod
     def attach(cls, uri: str, run_id: str) -> "Tracker":
         """An existing run, e.g. to end one whose recorder died."""
         from mlflow.tracking import MlflowClient
@@ -94,7 +118,7 @@ class Tracker:
     def log_params(self, params: dict[str, str]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, v[:6000]) for k, v in params.items()]
+        items = [Param(k, v[:6000]) for k, v in params.items() if ("param", k) not in (self.logged or ())]
         with self._clock():
             for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
                 self.client.log_batch(self.run_id, params=items[i : i + 100])
@@ -110,7 +134,8 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(v)]
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if math.isfinite(v) and (k, step) not in (self.logged or ())]
         if items:
             with self._clock():
                 self.client.log_batch(self.run_id, metrics=items)

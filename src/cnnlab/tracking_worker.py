@@ -96,7 +96,10 @@ def serve(inbox_fd: int, outbox) -> None:
         else:
             try:
                 if kind == "start":
-                    tracker = Tracker.start(*args[:3], parent_run_id=args[3])
+                    if args[4]:  # resume: reopen an existing run instead
+                        tracker = Tracker.resume(args[0], args[1], **args[4])
+                    else:
+                        tracker = Tracker.start(*args[:3], parent_run_id=args[3])
                 elif kind == "call":
                     method, call_args = args
                     getattr(tracker, method)(*call_args)

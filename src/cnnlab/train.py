@@ -10,12 +10,14 @@ Example:
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
 from cnnlab.builder import build_model, verify_model
+from cnnlab.checkpoints import checkpoint_root, latest, remove, restore
 from cnnlab.data import load_data
 from cnnlab.errors import ConfigError
 from cnnlab.plots import confusion_counts, confusion_matrix, run_figures
@@ -73,6 +75,7 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
     """
     if run.tracking["enabled"]:
         check_store(tracking_uri(run.tracking))  # an unusable store: one line now, not after the imports
+    resume = resume_request(run, parent_run_id)
     # MLflow runs in a helper process, which starts importing it now, beside the data loading
     recorder = Recorder() if run.tracking["enabled"] else NullRecorder()
     try:
@@ -81,10 +84,15 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
         recorder.close()
         raise
     name = run.tracking["run_name"] or name or run_name(run, choices)
-    recorder.start(tracking_uri(run.tracking), run.tracking["experiment"], name, parent_run_id=parent_run_id)
+    recorder.start(tracking_uri(run.tracking), run.tracking["experiment"], name, parent_run_id=parent_run_id,
+                   resume=resume)
     try:
+        if resume:  # a refused resume: one line before TensorFlow is even imported
+            confirm(recorder, run)
         final = train_and_record(run, data, recorder, name, overrides, choices)
     except BaseException as e:
+        if isinstance(e, KeyboardInterrupt) and recorder.run_id and latest(checkpoint_folder(run, recorder)):
+            recorder.tag({"resumable": "true"})  # python run.py <same overrides> resume=<run_id>
         recorder.end_anyway("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", e)
         release_keras_state()  # also for a single run: a stopped input pipeline could block the exit
         raise
@@ -106,28 +114,34 @@ def train_and_record(run, data, recorder, name: str, overrides, choices) -> dict
     batch = slice(0, run.trainer["batch_size"])
     diag = init_diagnostics(model, data.x_train[batch], data.y_train[batch], from_logits)
     recorder.log_diagnostics(diagnostics_metrics(diag))
-    try:
-        recorder.confirm()  # a store that cannot take the run fails here, before any training time is spent
-    except TrackingError as e:
-        raise store_error(e, tracking_uri(run.tracking)) from None
+    confirm(recorder, run)  # a store that cannot take the run fails here, before any training time is spent
+    saves = checkpoint_folder(run, recorder)
+    start = restore(model, saves)["step"] if run.resume else 0
+    if run.resume:
+        recorder.tag({"resumed_from_step": str(start), "resumable": "false"})
 
     started = time.perf_counter()
-    result = fit(model, data, run.trainer, on_eval=recorder.log_eval, check=recorder.check)
+    result = fit(model, data, run.trainer, on_eval=recorder.log_eval, check=recorder.check, start=start,
+                 checkpoint_dir=saves)
     seconds = time.perf_counter() - started
     final, predicted, tags = {"initial_loss": diag["initial_loss"]}, None, {}
     if result.diverged:
         tags = {"diverged": "true", "diverged_at_step": str(result.diverged.step)}
     else:
         test, predicted = evaluate(model, data, from_logits)
-        final.update(test, train_seconds=seconds, **memory_mb())
+        final.update(test, train_seconds=seconds, checkpoint_seconds=result.checkpoint_seconds, **memory_mb())
         if result.timer.images_per_second:
             final["images_per_second"] = result.timer.images_per_second
     if result.timer.first_step_unix:
         tags["timing.first_step_unix"] = f"{result.timer.first_step_unix:.3f}"
+    if result.best:  # trainer.keep_best: which evaluation best.weights.h5 comes from
+        tags.update({"best.step": str(result.best["step"]), f"best.{result.best['metric']}": str(result.best["value"])})
     recorder.log_final(result.steps, {k: v for k, v in final.items() if k != "initial_loss"}, tags)
 
     if recorder.enabled:
         folder = run_files(run, model if predicted is not None else None)
+        if result.best and predicted is not None:  # trainer.keep_best: beside model.keras
+            shutil.copy(saves / "best.weights.h5", folder / "best.weights.h5")
         figures = [(run_figures, folder, name, result.history, diag)]
         if predicted is not None:
             matrix = confusion_counts(data.y_test, predicted, run.dataset["num_classes"])  # small to send
@@ -138,11 +152,44 @@ def train_and_record(run, data, recorder, name: str, overrides, choices) -> dict
         recorder.log_final(result.steps, {"tracking_seconds": recorder.seconds,
                                           "tracking_wait_seconds": recorder.waited}, {})
     if result.diverged:
+        if saves:
+            remove(saves)  # resuming would only diverge again
         raise result.diverged
     recorder.end("FINISHED")
+    if saves:
+        remove(saves)  # the run is whole: its checkpoints have served
     last_eval = result.history[-1] if result.history else {}
     return {**final, "val_accuracy": last_eval.get("val_accuracy"), "steps": result.steps,
             "train_seconds": seconds}
+
+
+def confirm(recorder, run) -> None:
+    """Wait until the run exists (or was reopened) and all so far is recorded; ConfigError if the store refused."""
+    try:
+        recorder.confirm()
+    except TrackingError as e:
+        raise store_error(e, tracking_uri(run.tracking)) from None
+
+
+def checkpoint_folder(run, recorder) -> Path | None:
+    """This run's checkpoint folder (None: untracked runs have no id to resume by)."""
+    if not recorder.run_id:
+        return None
+    return checkpoint_root(run.trainer, tracking_uri(run.tracking)) / recorder.run_id
+
+
+def resume_request(run, parent_run_id) -> dict | None:
+    """What the recorder needs to reopen `run.resume`; ConfigError for a resume that cannot be."""
+    if not run.resume:
+        return None
+    if parent_run_id:
+        raise ConfigError("resume", "a sweep's jobs cannot be resumed yet: resume its runs one by one")
+    if not run.tracking["enabled"]:
+        raise ConfigError("resume", "needs tracking: the MLflow run to continue")
+    root = checkpoint_root(run.trainer, tracking_uri(run.tracking))
+    if run.resume != "last" and not latest(root / run.resume):
+        raise ConfigError("resume", f"no checkpoint of run {run.resume} in {root} (finished, or never checkpointed)")
+    return {"run_id": run.resume, "params": flatten(run.resolved), "checkpoints": str(root)}
 
 
 def store_error(e: TrackingError, uri: str) -> ConfigError:

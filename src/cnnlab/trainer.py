@@ -19,6 +19,7 @@ from cnnlab.fields import (
     positive_int,
     positive_number,
     show,
+    string,
 )
 from cnnlab.memory import memory_budget
 
@@ -43,6 +44,12 @@ EARLY_STOPPING_FIELDS = {
 }
 
 
+def _checkpoint_every(v, path):
+    if v is None or v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+        return "auto" if v == "auto" else (v or None)
+    raise ConfigError(path, f"{show(v)} is not one of auto | a number of steps | null (off)")
+
+
 def _early_stopping(v, path):
     return check_fields(v, EARLY_STOPPING_FIELDS, path)
 
@@ -65,6 +72,10 @@ TRAINER_FIELDS = {
     "steps_per_execution": Field(positive_int, 1),
     "mixed_precision": Field(optional(choice("auto", "mixed_bfloat16", "mixed_float16")), None),
     "pipeline": Field(choice("pydataset", "tensors"), "pydataset"),
+    # resume (cnnlab.checkpoints): auto = at each evaluation; null or 0 = no checkpoints
+    "checkpoint_every": Field(_checkpoint_every, "auto"),
+    "checkpoint_dir": Field(optional(string), None),
+    "keep_best": Field(optional(choice("val_accuracy", "val_loss")), None),  # also upload the best weights
     # the size guard (cnnlab.memory): auto = half of physical memory, a number of MiB, or null (no guard)
     "memory_budget_mb": Field(memory_budget, "auto"),
 }
