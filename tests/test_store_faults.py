@@ -165,10 +165,10 @@ def test_read_only_store_folder_is_one_line(small_disk):
     assert "is not writable" in line and "Traceback" not in p.stderr
 
 
-def test_full_disk_mid_run_stops_training(small_disk):
+def test_full_disk_mid_run_stops_training(small_disk, tmp_path):
     """The store's disk fills up during training: stopped at the next step, one line, nothing half-written."""
     uri = f"sqlite:///{small_disk}/mlflow.db"
-    proc = start_cli(*LONG, f"tracking.uri={uri}")
+    proc = start_cli(*LONG, f"tracking.uri={uri}", f"trainer.checkpoint_dir={tmp_path}/checkpoints")
     try:
         wait_for_training(uri, proc)
         subprocess.run(["dd", "if=/dev/zero", f"of={small_disk}/filler", "bs=64k"], capture_output=True)
@@ -221,3 +221,22 @@ def test_sweep_to_an_unreachable_store_stops_before_any_job(tmp_path):
     assert line.startswith("error: tracking.uri: cannot record to MLflow at 'http://127.0.0.1:9/'")
     assert "Traceback" not in p.stderr and "sweep: 2 jobs" not in p.stdout
     assert time.monotonic() - started < 60
+
+
+def test_full_disk_for_checkpoints_stops_training(small_disk, tmp_path):
+    """Checkpoints cannot be written (their disk is full): stopped at once, one line, the run FAILED with why."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = start_cli(*LONG, f"tracking.uri={uri}", f"trainer.checkpoint_dir={small_disk}")
+    try:
+        wait_for_training(uri, proc)
+        subprocess.run(["dd", "if=/dev/zero", f"of={small_disk}/filler", "bs=64k"], capture_output=True)
+        _, stderr = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 4, stderr[-2000:]
+    (line,) = error_lines(stderr)
+    assert line.startswith("error: checkpoint: cannot write a checkpoint in") and "No space left on device" in line
+    assert "training stopped at step" in line and "Traceback" not in stderr
+    (run,) = all_runs(uri)
+    assert run.info.status == "FAILED" and "No space left on device" in run.data.tags["error"]
+    assert not [p for p in small_disk.rglob(".*tmp*")]  # no partial checkpoint left behind

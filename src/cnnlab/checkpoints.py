@@ -28,6 +28,7 @@ import os
 import shutil
 from pathlib import Path
 
+from cnnlab.errors import CheckpointError
 from cnnlab.store import REPO_ROOT, sqlite_path
 
 STATE = "latest.json"
@@ -68,6 +69,17 @@ def _replace(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
+def _check_room(model, folder: Path) -> None:
+    """ENOSPC if the disk lacks room for two checkpoints: HDF5 can crash the process on a failed write."""
+    import errno
+
+    previous = [f.stat().st_size for f in folder.glob("step-*.weights.h5")]
+    # weights plus optimizer slots (Adam: 2 a weight), float32, when there is no checkpoint to go by
+    size = max(previous) if previous else model.count_params() * 4 * 3
+    if shutil.disk_usage(folder).free < 2 * size + 2**20:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
 def save(model, folder: Path, extra: dict | None = None) -> int:
     """Write a checkpoint of `model` at its current step (atomically); returns the step."""
     from cnnlab.fit import iterations
@@ -77,6 +89,7 @@ def save(model, folder: Path, extra: dict | None = None) -> int:
     step = iterations(model)
     name = f"step-{step:09d}.weights.h5"
     tmp = folder / f".{name}.tmp.weights.h5"  # Keras wants the .weights.h5 suffix
+    _check_room(model, folder)
     model.save_weights(tmp, overwrite=True)
     _replace(tmp, folder / name)
     state = folder / f".{STATE}.tmp"
@@ -121,6 +134,7 @@ def checkpointer(folder: Path, every: int, chunk: int, steps: int):
             super().__init__()
             self.saved_step: int | None = None
             self.seconds = 0.0  # time spent writing checkpoints
+            self.failed: CheckpointError | None = None  # a save failed: `fit` raises it after stopping
 
         def _due(self, step: int) -> bool:
             last = self.saved_step if self.saved_step is not None else self.first_step
@@ -130,20 +144,31 @@ def checkpointer(folder: Path, every: int, chunk: int, steps: int):
             self.first_step = iterations(self.model) if self.saved_step is None else self.saved_step
 
         def on_train_batch_end(self, batch, logs=None):
+            if self.failed:
+                return
             step = iterations(self.model)
             at_eval = step % chunk == 0 or step == steps  # on_epoch_end follows
             if every and not at_eval and self._due(step):
                 self.save()
 
         def on_epoch_end(self, epoch, logs=None):
-            if self._due(iterations(self.model)):
+            if not self.failed and self._due(iterations(self.model)):
                 self.save()
 
-        def save(self) -> int:
+        def save(self) -> int | None:
+            """Write a checkpoint now; on failure stop training (`failed`) and leave no partial file."""
             import time
 
             started = time.perf_counter()
-            self.saved_step = save(self.model, folder)
+            try:
+                self.saved_step = save(self.model, folder)
+            except OSError as e:
+                why = os.strerror(e.errno) if e.errno else str(e).splitlines()[0]
+                self.failed = CheckpointError(f"cannot write a checkpoint in {folder}: {why} "
+                                              f"(training stopped at step {iterations(self.model)})")
+                self.model.stop_training = True
+                for partial in Path(folder).glob(".*.tmp*"):
+                    partial.unlink(missing_ok=True)
             self.seconds += time.perf_counter() - started
             return self.saved_step
 

@@ -20,7 +20,7 @@ PARENT_ENV = "CNNLAB_SWEEP_PARENT_RUN_ID"  # set by cnnlab.sweep's callback for 
 
 EXIT_CONFIG = 2  # bad config, bad override, missing or corrupt data
 EXIT_DIVERGED = 3  # the run was recorded, as FAILED: its loss became NaN/inf
-EXIT_TRACKING = 4  # tracking broke mid-run (store failed, helper died): training stopped, run FAILED
+EXIT_TRACKING = 4  # the record broke mid-run (store failed, helper died, checkpoint unwritable): run FAILED
 
 
 def fail(message: str, code: int = EXIT_CONFIG):
@@ -181,7 +181,7 @@ def run_job(cfg):
         run = check_config(cfg)
         if run.dry_run:
             return dry_run(cfg, run)
-        from cnnlab.errors import Diverged
+        from cnnlab.errors import CheckpointError, Diverged
         from cnnlab.recorder import TrackingError
         from cnnlab.train import train
 
@@ -191,8 +191,9 @@ def run_job(cfg):
         try:
             return train(run, overrides, choices, parent_run_id=os.environ.get(PARENT_ENV) if in_sweep else None,
                          name=name, release=in_sweep)["val_accuracy"]
-        except (Diverged, TrackingError) as e:
-            message = str(e) if isinstance(e, Diverged) else f"tracking: {e}"
+        except (Diverged, TrackingError, CheckpointError) as e:
+            message = str(e) if isinstance(e, Diverged) else \
+                f"{'checkpoint' if isinstance(e, CheckpointError) else 'tracking'}: {e}"
             if not in_sweep:
                 fail(message, EXIT_DIVERGED if isinstance(e, Diverged) else EXIT_TRACKING)
             print(f"error: {' '.join(overrides)}: {message}", file=sys.stderr)

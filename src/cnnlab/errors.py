@@ -35,6 +35,10 @@ class Diverged(Exception):
         super().__init__(f"training diverged: loss became {loss:g}{why} at step {step}")
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (e.g. a full disk): training stopped, the run is FAILED."""
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) or SIGTERM; the process then exits with 128 + the signal number (130, 143).
 

@@ -197,11 +197,11 @@ def fit(model, data, trainer: dict, on_eval=None, check=None, start: int = 0, ch
             )
             batches.release()  # TF's generator registry may outlive the job: keep it from pinning the data
     if monitor.interrupted:
-        if saver and iterations(model) != saver.saved_step:
+        if saver and not saver.failed and iterations(model) != saver.saved_step:
             saver.save()  # preemption: what was trained so far is kept for `resume=<run_id>`
         raise Interrupted(monitor.interrupted)
-    if monitor.failed:
-        raise monitor.failed
+    if monitor.failed or (saver and saver.failed):
+        raise monitor.failed or saver.failed
     result.diverged, result.timer = monitor.diverged, timer
     result.steps = iterations(model)
     result.checkpoint_seconds = saver.seconds if saver else 0.0

@@ -123,6 +123,10 @@ class Recorder:
         """End a run that is failing (`cause`): through the helper, or from this process if it died."""
         if self.closed:
             return
+        from cnnlab.errors import ConfigError, Diverged
+
+        if status == "FAILED" and not isinstance(cause, (Diverged, ConfigError, TrackingError)):
+            self._call("set_tags", {"error": f"{type(cause).__name__}: {str(cause)[:4000]}"})  # say why
         try:
             self.end(status)
         except Exception:
