@@ -120,7 +120,7 @@ def main() -> None:
 
 def sweep_check(a) -> None:
     """Issue 12's sweep acceptance: a 6-job sweep (one worker) SIGKILLed (its process group) once 3 jobs
-    FINISHED, then `-m <same overrides> resume=<parent>`: every job FINISHED under the one parent, the
+    FINISHED and the 4th has written its first checkpoint, then `-m <same overrides> resume=<parent>`: every job FINISHED under the one parent, the
     jobs finished before the kill not re-run (same run ids, same start times)."""
     import sqlite3
 
@@ -151,7 +151,9 @@ def sweep_check(a) -> None:
         while time.monotonic() < deadline and proc.poll() is None \
                 and sum(r[2] == "FINISHED" for r in rows(children)) < 3:
             time.sleep(0.1)
-        time.sleep(0.5 * (time.monotonic() - started) / 4)  # about half-way into job 4
+        while time.monotonic() < deadline and proc.poll() is None and not any(  # job 4's first checkpoint
+                Path(folder, "checkpoints", r[1], "latest.json").exists() for r in rows(children) if r[2] == "RUNNING"):
+            time.sleep(0.1)
         if proc.poll() is not None:
             sys.exit("the sweep ended before the kill")
         os.killpg(proc.pid, signal.SIGKILL)  # the launcher; its workers die with it, its guard ends the parent

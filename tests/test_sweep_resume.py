@@ -1,6 +1,6 @@
 """Resuming a sweep for real: a 4-job sweep SIGKILLed after ~2 jobs, then `-m <same overrides> resume=<parent>`.
 
-The re-run must reuse the parent, leave the FINISHED children untouched (same run ids and start
+The first resume is SIGKILLed too (its guard must end the reused parent KILLED again); the second must reuse the parent, leave the FINISHED children untouched (same run ids and start
 times), resume the interrupted child in its own run when it had a checkpoint, run what is
 missing, and write one summary row per job. A different grid is refused in one line, exit 2.
 Every wait is bounded; the test kills only the process group it started.
@@ -47,11 +47,11 @@ def parents(db: Path) -> list[tuple]:
                      "t.run_uuid = r.run_uuid AND t.key = 'mlflow.parentRunId')")
 
 
-def kill_after(tmp: Path, finished: int, timeout: float = 400) -> None:
+def kill_after(tmp: Path, finished: int, *extra: str, attempt: str = "first", timeout: float = 400) -> None:
     """Start the sweep; SIGKILL its process group once `finished` children FINISHED and the next has a checkpoint."""
     db = tmp / "mlflow.db"
-    args = [sys.executable, "run.py", *GRID, f"tracking.uri=sqlite:///{db}", f"hydra.sweep.dir={tmp}/first"]
-    with open(tmp / "first.err", "w") as err:
+    args = [sys.executable, "run.py", *GRID, f"tracking.uri=sqlite:///{db}", f"hydra.sweep.dir={tmp}/{attempt}", *extra]
+    with open(tmp / f"{attempt}.err", "w") as err:
         proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
@@ -63,7 +63,7 @@ def kill_after(tmp: Path, finished: int, timeout: float = 400) -> None:
                                           or len(done) > finished):
                 break
             time.sleep(0.1)
-        assert proc.poll() is None, f"the sweep ended before the kill: {(tmp / 'first.err').read_text()[-2000:]}"
+        assert proc.poll() is None, f"the sweep ended before the kill: {(tmp / f'{attempt}.err').read_text()[-2000:]}"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # launcher and its guard's parent; workers die with it
@@ -104,6 +104,10 @@ def test_killed_sweep_resumes(tmp_path):
                  if r[2] in ("KILLED", "FAILED") and (tmp_path / "checkpoints" / r[0] / "latest.json").exists()}
     assert 2 <= len(finished) < 4, before
 
+    # a resumed sweep killed in turn: its guard ends the reused parent KILLED again
+    kill_after(tmp_path, 3, f"resume={parent_id}", attempt="second")
+    assert parents(db) == [(parent_id, "KILLED")]
+
     out = run_cli(*GRID, f"tracking.uri={uri}", f"hydra.sweep.dir={tmp_path}/again", f"resume={parent_id}")
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"resuming MLflow parent run {parent_id}" in out.stdout
@@ -122,6 +126,10 @@ def test_killed_sweep_resumes(tmp_path):
         assert sorted(steps) == [50, 100, 150, 200, 250, 300]  # every evaluation once
     rows = summary_rows(uri, parent_id, tmp_path / "summary")
     assert sorted(r["run"] for r in rows) == sorted(newest) and {r["status"] for r in rows} == {"FINISHED"}
+    (jobs,) = query(db, f"SELECT value FROM tags WHERE run_uuid = '{parent_id}' AND key = 'jobs.finished'")
+    last = query(db, f"SELECT step, value FROM metrics WHERE run_uuid = '{parent_id}' AND key = 'jobs_finished' "
+                     "ORDER BY step DESC LIMIT 1")
+    assert jobs == ("4",) and last == [(2, 4.0)]  # a step per attempt: the third attempt, all 4 finished
 
     # a different grid is refused before any job runs
     grid = [a if not a.startswith("trainer.seed=") else "trainer.seed=1,2,3" for a in GRID]

@@ -181,8 +181,8 @@ def finish_parent(tracker, status: str, note: str | None = None) -> tuple[list[d
     tags = {f"jobs.{s.lower()}": str(n) for s, n in counts.items()} | {"jobs.total": str(len(rows))}
     tracker.set_tags(tags | ({"error": note} if note else {}))
     started = parent.info.start_time / 1000
-    tracker.log_metrics(resumes, {  # one step per attempt"jobs_finished": counts["FINISHED"], "jobs_failed": counts["FAILED"],
-                            "sweep_seconds": time.time() - started})
+    tracker.log_metrics(resumes, {"jobs_finished": counts["FINISHED"], "jobs_failed": counts["FAILED"],  # a step
+                                  "sweep_seconds": time.time() - started})  # per attempt
     tracker.end(status)
     return rows, counts
 
