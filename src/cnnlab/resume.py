@@ -62,8 +62,6 @@ def find_run(client, experiment: str, run_id: str, params: dict, checkpoints: st
             run = client.get_run(run_id)
         except Exception:
             raise ConfigError("resume", f"no MLflow run {run_id!r} in this store") from None
-        if run.data.tags.get("cnnlab.sweep") == "parent":
-            raise ConfigError("resume", f"run {run_id} is a sweep's parent: resume it with -m and the sweep's overrides")
         if run.info.status not in RESUMABLE:
             raise ConfigError("resume", f"run {run_id} is {run.info.status}: only a KILLED or FAILED run resumes")
         check_differences(run_id, run.data.params, params)
