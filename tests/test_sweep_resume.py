@@ -1,6 +1,6 @@
 """Resuming a sweep for real: a 4-job sweep SIGKILLed after ~2 jobs, then `-m <same overrides> resume=<parent>`.
 
-The first resume is SIGKILLed too (its guard must end the reused parent KILLED again); the second must reuse the parent, leave the FINISHED children untouched (same run ids and start
+The first resume (`resume=last`) is SIGKILLed too (its guard must end the reused parent KILLED again); the second must reuse the parent, leave the FINISHED children untouched (same run ids and start
 times), resume the interrupted child in its own run when it had a checkpoint, run what is
 missing, and write one summary row per job. A different grid is refused in one line, exit 2.
 Every wait is bounded; the test kills only the process group it started.
@@ -104,8 +104,8 @@ def test_killed_sweep_resumes(tmp_path):
                  if r[2] in ("KILLED", "FAILED") and (tmp_path / "checkpoints" / r[0] / "latest.json").exists()}
     assert 2 <= len(finished) < 4, before
 
-    # a resumed sweep killed in turn: its guard ends the reused parent KILLED again
-    kill_after(tmp_path, 3, f"resume={parent_id}", attempt="second")
+    # resume=last finds that sweep; killed in turn, its guard ends the reused parent KILLED again
+    kill_after(tmp_path, 3, "resume=last", attempt="second")
     assert parents(db) == [(parent_id, "KILLED")]
 
     out = run_cli(*GRID, f"tracking.uri={uri}", f"hydra.sweep.dir={tmp_path}/again", f"resume={parent_id}")
