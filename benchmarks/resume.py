@@ -2,6 +2,7 @@
 
     python benchmarks/resume.py                                  # ltfn5, 300 steps (the acceptance)
     python benchmarks/resume.py --model tiny --dataset synthetic --steps 400 --eval-every 20
+    python benchmarks/resume.py --sweep                          # the sweep acceptance (sweep_check)
 
 Four real `run.py` runs, each against its own SQLite store in a temporary folder:
 1. uninterrupted, default checkpoints (at each evaluation): the reference test loss, and the cost of
@@ -47,7 +48,10 @@ def main() -> None:
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--sweep", action="store_true", help="a 6-job sweep killed after ~3 jobs, then resume=<parent>")
     a = p.parse_args()
+    if a.sweep:
+        return sweep_check(a)
     args = [f"model={a.model}", "init=he", f"dataset={a.dataset}", f"trainer.steps={a.steps}",
             f"trainer.eval_every={a.eval_every}", "trainer.deterministic=true", "trainer.verbose=0"]
     print("overrides:", " ".join(args))
@@ -112,6 +116,71 @@ def main() -> None:
               f"equal to 6 significant digits: {same}; checkpoints left: "
               f"{list(Path(killed, 'checkpoints').glob('*/*'))}")
         print(out.stdout.strip().splitlines()[-1])
+
+
+def sweep_check(a) -> None:
+    """Issue 12's sweep acceptance: a 6-job sweep (one worker) SIGKILLed (its process group) once 3 jobs
+    FINISHED and the 4th has written its first checkpoint, then `-m <same overrides> resume=<parent>`: every job FINISHED under the one parent, the
+    jobs finished before the kill not re-run (same run ids, same start times)."""
+    import sqlite3
+
+    model = "tiny" if a.model == "ltfn5" else a.model  # 6 ltfn5 jobs would take most of an hour on 2 cores
+    dataset = "synthetic" if model == "tiny" and a.dataset == "mnist" else a.dataset
+    args = ["-m", f"model={model}", f"dataset={dataset}", "trainer.seed=1,2,3,4,5,6", f"trainer.steps={a.steps}",
+            f"trainer.eval_every={a.eval_every // 2}", "trainer.deterministic=true", "trainer.verbose=0",
+            "hydra.launcher.n_jobs=1"]
+    print("overrides:", " ".join(args))
+    with tempfile.TemporaryDirectory() as folder:
+        db = Path(folder, "mlflow.db")
+
+        def rows(sql):
+            try:
+                with sqlite3.connect(db, timeout=10) as con:
+                    return con.execute(sql).fetchall()
+            except sqlite3.Error:
+                return []
+
+        children = ("SELECT r.name, r.run_uuid, r.status, r.start_time, t.value FROM runs r JOIN tags t ON "
+                    "t.run_uuid = r.run_uuid AND t.key = 'mlflow.parentRunId' ORDER BY r.start_time")
+        parents = "SELECT run_uuid, status FROM runs WHERE name LIKE 'sweep %'"
+        started = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "run.py", *args, f"tracking.uri=sqlite:///{db}",
+                                 f"hydra.sweep.dir={folder}/first"], cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline and proc.poll() is None \
+                and sum(r[2] == "FINISHED" for r in rows(children)) < 3:
+            time.sleep(0.1)
+        while time.monotonic() < deadline and proc.poll() is None and not any(  # job 4's first checkpoint
+                Path(folder, "checkpoints", r[1], "latest.json").exists() for r in rows(children) if r[2] == "RUNNING"):
+            time.sleep(0.1)
+        if proc.poll() is not None:
+            sys.exit("the sweep ended before the kill")
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher; its workers die with it, its guard ends the parent
+        proc.wait()
+        killed_after = time.monotonic() - started
+        for _ in range(600):
+            if all(s != "RUNNING" for _, s in rows(parents)):
+                break
+            time.sleep(0.2)
+        before = {r[0]: r for r in rows(children)}
+        ((parent, status),) = rows(parents)
+        checkpointed = [n for n, r in before.items() if Path(folder, "checkpoints", r[1], "latest.json").exists()]
+        print(f"killed after {killed_after:.1f} s: parent {parent} {status}; children "
+              + ", ".join(f"{n} {r[2]}" for n, r in before.items()) + f"; with a checkpoint: {checkpointed or 'none'}")
+
+        started = time.monotonic()
+        out = run([*args, f"hydra.sweep.dir={folder}/again", f"resume={parent}"], folder)
+        after = rows(children)
+        newest = {r[0]: r for r in after}
+        finished = [n for n, r in before.items() if r[2] == "FINISHED"]
+        print(f"resumed in {time.monotonic() - started:.1f} s: parents {rows(parents)}; {len(after)} child runs, "
+              f"newest per job: {sum(r[2] == 'FINISHED' for r in newest.values())}/{len(newest)} FINISHED, all under "
+              f"{parent}: {all(r[4] == parent for r in after)}")
+        print(f"finished before the kill, not re-run (same run id and start time): "
+              f"{sum(newest[n][:4] == before[n][:4] for n in finished)}/{len(finished)}; "
+              f"resumed in their own run: {[n for n in checkpointed if newest[n][1] == before[n][1]]}")
+        print("\n".join(line for line in out.stdout.splitlines() if line.startswith(("sweep:", "|"))))
 
 
 if __name__ == "__main__":

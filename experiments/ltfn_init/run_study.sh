@@ -1,10 +1,26 @@
 #!/usr/bin/env bash
 # The LTFN init study, end to end, into the default MLflow store (mlruns/).
 # On 2 CPU cores: about 20 min for part 5, 5 min for part 6, 50 min for the grid.
+#
+#   experiments/ltfn_init/run_study.sh                          # all steps: part5 part6 grid report
+#   RESUME=last experiments/ltfn_init/run_study.sh grid report  # restart after a kill, from the step it stopped in
+#
+# RESUME=last continues that step's latest KILLED/FAILED run (a single run from its checkpoint; the grid
+# sweep reuses its parent, skips the FINISHED jobs and resumes or re-runs the others). Name only the
+# steps that did not finish: a step given RESUME=last with nothing to resume stops with one line, exit 2.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CNNLAB_DATA_DIR="${CNNLAB_DATA_DIR:-$(cd .. && pwd)/shared/datasets}"
-python run.py +experiment=ltfn5_published trainer.verbose=2
-python run.py +experiment=ltfn6_published trainer.verbose=2
-python run.py -m +experiment=ltfn_init_grid hydra.launcher.n_jobs=2 trainer.verbose=0
-python -m cnnlab.report
+resume=()
+if [[ -n "${RESUME:-}" ]]; then resume=("resume=${RESUME}"); fi
+steps=("$@")
+if [[ ${#steps[@]} -eq 0 ]]; then steps=(part5 part6 grid report); fi
+for step in "${steps[@]}"; do
+  case "$step" in
+    part5) python run.py +experiment=ltfn5_published trainer.verbose=2 "${resume[@]}" ;;
+    part6) python run.py +experiment=ltfn6_published trainer.verbose=2 "${resume[@]}" ;;
+    grid) python run.py -m +experiment=ltfn_init_grid hydra.launcher.n_jobs=2 trainer.verbose=0 "${resume[@]}" ;;
+    report) python -m cnnlab.report ;;
+    *) echo "error: unknown step '$step' (part5 part6 grid report)" >&2; exit 2 ;;
+  esac
+done

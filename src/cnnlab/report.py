@@ -59,7 +59,10 @@ def collect(client, experiment: str) -> tuple[list[dict], dict]:
     parent = newest(client, exp.experiment_id, "tags.`cnnlab.sweep` = 'parent' and params.`sweep.keys` LIKE '%init%'")
     if parent:
         children = client.search_runs([exp.experiment_id], max_results=1000,
-                                      filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+                                      filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                      order_by=["attributes.start_time DESC"])
+        # a job re-run after a sweep resume has two children: the newest one counts
+        children = list({c.info.run_name: c for c in reversed(children)}.values())
         cells = [record(client, c, "") for c in children]
         for cell in cells:
             cell["name"] = f"grid/init={cell['init']},lr={cell['lr']:g}"

@@ -73,6 +73,7 @@ class MlflowSweepCallback(Callback):
         from cnnlab.tracking import Tracker, check_tracking, tracking_uri
 
         os.environ.pop(PARENT_ENV, None)
+        os.environ.pop("CNNLAB_SWEEP_RESUME_PLAN", None)  # cnnlab.sweep_resume.PLAN_ENV
         # the base config: swept values are applied per job
         tracking = check_tracking(OmegaConf.to_container(config.tracking, resolve=True))
         if not tracking["enabled"]:
@@ -83,21 +84,31 @@ class MlflowSweepCallback(Callback):
         self.uri, self.experiment = tracking_uri(tracking), tracking["experiment"]
         command = redact_text(" ".join(["python", *sys.argv]))
         name = "sweep " + time.strftime("%Y-%m-%d %H:%M:%S")
+        overrides = [o for o in redact_overrides(config.hydra.overrides.task) if not o.startswith("resume=")]
+        resume = OmegaConf.select(config, "resume")
         # creating the store, experiment and parent here, once, keeps parallel jobs off the schema race
         try:
-            self.tracker = Tracker.start(self.uri, self.experiment, name,
-                                         tags={"cnnlab.sweep": "parent", "sweep.command": command[:5000]})
+            if resume:  # the same sweep again: reopen its parent, skip what FINISHED (cnnlab.sweep_resume)
+                from cnnlab.sweep_resume import PLAN_ENV, reopen_parent
+
+                plan = Path(str(config.hydra.sweep.dir)) / "resume_plan.json"
+                self.tracker = reopen_parent(self.uri, self.experiment, str(resume), overrides, keys, command, plan)
+                os.environ[PLAN_ENV] = str(plan.resolve())
+            else:
+                self.tracker = Tracker.start(self.uri, self.experiment, name,
+                                             tags={"cnnlab.sweep": "parent", "sweep.command": command[:5000]})
         except Exception as e:  # Hydra would only warn and run every job unrecorded: stop here instead
             from cnnlab.cli import fail
 
             fail(str(e) if isinstance(e, ConfigError) else
                  f"tracking.uri: cannot create the sweep's MLflow run at {redact_text(self.uri)!r}: "
                  f"{redact_text(str(e).splitlines()[0] if str(e) else type(e).__name__)}")
-        self.tracker.log_params({
-            "sweep.overrides": " ".join(redact_overrides(config.hydra.overrides.task)),
-            "sweep.keys": ",".join(keys),
-            "sweep.launcher": str(OmegaConf.select(config, "hydra.launcher._target_")).rsplit(".", 1)[-1],
-        })
+        if not resume:  # a reopened parent keeps its params
+            self.tracker.log_params({
+                "sweep.overrides": " ".join(overrides),
+                "sweep.keys": ",".join(keys),
+                "sweep.launcher": str(OmegaConf.select(config, "hydra.launcher._target_")).rsplit(".", 1)[-1],
+            })
         os.environ[PARENT_ENV] = self.tracker.run_id
         os.environ[KEYS_ENV] = ",".join(keys)
         self.started = time.perf_counter()
@@ -153,7 +164,13 @@ def finish_parent(tracker, status: str, note: str | None = None) -> tuple[list[d
             if row["status"] == "RUNNING":
                 client.set_tag(row["run_id"], "error", note or f"sweep {status}")
                 client.set_terminated(row["run_id"], "KILLED")
+    parent = client.get_run(run_id)
+    resumes = int(parent.data.tags.get("sweep.resumes", 0))
     rows = summarize_children(client, run_id)
+    if resumes:  # a job re-run after a resume has two children: the newest one counts
+        from cnnlab.sweep_resume import newest_per_name
+
+        rows = newest_per_name(rows)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("FINISHED", "FAILED", "KILLED", "RUNNING")}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -163,9 +180,9 @@ def finish_parent(tracker, status: str, note: str | None = None) -> tuple[list[d
         tracker.log_artifacts(folder)
     tags = {f"jobs.{s.lower()}": str(n) for s, n in counts.items()} | {"jobs.total": str(len(rows))}
     tracker.set_tags(tags | ({"error": note} if note else {}))
-    started = client.get_run(run_id).info.start_time / 1000
-    tracker.log_metrics(0, {"jobs_finished": counts["FINISHED"], "jobs_failed": counts["FAILED"],
-                            "sweep_seconds": time.time() - started})
+    started = parent.info.start_time / 1000
+    tracker.log_metrics(resumes, {"jobs_finished": counts["FINISHED"], "jobs_failed": counts["FAILED"],  # a step
+                                  "sweep_seconds": time.time() - started})  # per attempt
     tracker.end(status)
     return rows, counts
 

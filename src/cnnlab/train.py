@@ -75,6 +75,14 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
     """
     if run.tracking["enabled"]:
         check_store(tracking_uri(run.tracking))  # an unusable store: one line now, not after the imports
+    if parent_run_id and run.resume:  # a resumed sweep: this job's earlier child decides (cnnlab.sweep_resume)
+        from cnnlab.sweep_resume import job_plan
+
+        done, run = job_plan(run, overrides)
+        if done is not None:
+            print(f"{name or run_name(run, choices)}: FINISHED before the resume, not re-run "
+                  f"(val_accuracy={done['val_accuracy']}), MLflow run {done['run_id']}")
+            return done
     resume = resume_request(run, parent_run_id)
     # MLflow runs in a helper process, which starts importing it now, beside the data loading
     recorder = Recorder() if run.tracking["enabled"] else NullRecorder()
@@ -182,8 +190,6 @@ def resume_request(run, parent_run_id) -> dict | None:
     """What the recorder needs to reopen `run.resume`; ConfigError for a resume that cannot be."""
     if not run.resume:
         return None
-    if parent_run_id:
-        raise ConfigError("resume", "a sweep's jobs cannot be resumed yet: resume its runs one by one")
     if not run.tracking["enabled"]:
         raise ConfigError("resume", "needs tracking: the MLflow run to continue")
     root = checkpoint_root(run.trainer, tracking_uri(run.tracking))
