@@ -165,21 +165,27 @@ def test_read_only_store_folder_is_one_line(small_disk):
     assert "is not writable" in line and "Traceback" not in p.stderr
 
 
-def test_full_disk_mid_run_stops_training(small_disk, tmp_path):
-    """The store's disk fills up during training: stopped at the next step, one line, nothing half-written."""
-    uri = f"sqlite:///{small_disk}/mlflow.db"
-    proc = start_cli(*LONG, f"tracking.uri={uri}", f"trainer.checkpoint_dir={tmp_path}/checkpoints")
+def fill_disk_during_training(disk, uri: str, *overrides: str) -> str:
+    """Start a long run, fill `disk` once it trains; the run must stop: exit 4, one line (returned)."""
+    proc = start_cli(*LONG, f"tracking.uri={uri}", *overrides)
     try:
         wait_for_training(uri, proc)
-        subprocess.run(["dd", "if=/dev/zero", f"of={small_disk}/filler", "bs=64k"], capture_output=True)
+        subprocess.run(["dd", "if=/dev/zero", f"of={disk}/filler", "bs=64k"], capture_output=True)
         _, stderr = proc.communicate(timeout=180)
     finally:
         proc.kill()
     assert proc.returncode == 4, stderr[-2000:]
     (line,) = error_lines(stderr)
-    assert line.startswith("error: tracking:") and "training stopped at step" in line
-    assert "Traceback" not in stderr
-    os.remove(small_disk / "filler")  # room again: the helper could not end the run, so this process did
+    assert "training stopped at step" in line and "Traceback" not in stderr
+    return line
+
+
+def test_full_disk_mid_run_stops_training(small_disk, tmp_path):
+    """The store's disk fills up during training: stopped at the next step, one line, nothing half-written."""
+    uri = f"sqlite:///{small_disk}/mlflow.db"
+    line = fill_disk_during_training(small_disk, uri, f"trainer.checkpoint_dir={tmp_path}/checkpoints")
+    assert line.startswith("error: tracking:")
+    os.remove(small_disk / "filler")  # room again, to read the store: no process could end the run before
     (run,) = all_runs(uri)
     assert run.info.status in ("FAILED", "RUNNING")
 
@@ -226,17 +232,8 @@ def test_sweep_to_an_unreachable_store_stops_before_any_job(tmp_path):
 def test_full_disk_for_checkpoints_stops_training(small_disk, tmp_path):
     """Checkpoints cannot be written (their disk is full): stopped at once, one line, the run FAILED with why."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    proc = start_cli(*LONG, f"tracking.uri={uri}", f"trainer.checkpoint_dir={small_disk}")
-    try:
-        wait_for_training(uri, proc)
-        subprocess.run(["dd", "if=/dev/zero", f"of={small_disk}/filler", "bs=64k"], capture_output=True)
-        _, stderr = proc.communicate(timeout=180)
-    finally:
-        proc.kill()
-    assert proc.returncode == 4, stderr[-2000:]
-    (line,) = error_lines(stderr)
+    line = fill_disk_during_training(small_disk, uri, f"trainer.checkpoint_dir={small_disk}")
     assert line.startswith("error: checkpoint: cannot write a checkpoint in") and "No space left on device" in line
-    assert "training stopped at step" in line and "Traceback" not in stderr
     (run,) = all_runs(uri)
     assert run.info.status == "FAILED" and "No space left on device" in run.data.tags["error"]
     assert not [p for p in small_disk.rglob(".*tmp*")]  # no partial checkpoint left behind
