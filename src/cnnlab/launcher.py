@@ -35,6 +35,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from cnnlab import helper_env
 from cnnlab.cli import PARENT_ENV
 from cnnlab.errors import Interrupted  # a KeyboardInterrupt: no `except Exception` swallows it
 from cnnlab.sweep_worker import JOB_ENV
@@ -75,8 +76,7 @@ class Worker:
     """One `cnnlab.sweep_worker` process: jobs go in on its stdin, results come back on a pipe."""
 
     def __init__(self):
-        src = str(Path(__file__).resolve().parents[1])  # cnnlab importable even when not installed
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+        env = helper_env()
         read_fd, write_fd = os.pipe()
         # its own session: a terminal's Ctrl-C reaches only the launcher, which forwards it once
         self.proc = subprocess.Popen([sys.executable, "-m", "cnnlab.sweep_worker", str(os.getpid()), str(write_fd)],

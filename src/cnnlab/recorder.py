@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from cnnlab import helper_env
 from cnnlab.store import REPO_ROOT
 from cnnlab.tracking_worker import receive_fd, send
 
@@ -45,8 +46,7 @@ class Recorder:
     enabled = True
 
     def __init__(self):
-        src = str(Path(__file__).resolve().parents[1])  # cnnlab importable even when not installed
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+        env = helper_env()
         self._proc = subprocess.Popen([sys.executable, "-m", "cnnlab.tracking_worker"], env=env,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
         self.waited = self.seconds = 0.0

@@ -316,7 +316,7 @@ def write_report(client, experiment: str, out: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     from mlflow.tracking import MlflowClient
 
-    from cnnlab.tracking import DEFAULT_DB
+    from cnnlab.store import DEFAULT_DB
 
     parser = argparse.ArgumentParser(prog="python -m cnnlab.report", description=__doc__.splitlines()[0])
     parser.add_argument("--tracking-uri", default=f"sqlite:///{DEFAULT_DB}")

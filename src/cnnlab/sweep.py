@@ -27,6 +27,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab import helper_env
 from cnnlab.cli import PARENT_ENV
 from cnnlab.errors import ConfigError
 
@@ -144,8 +145,7 @@ ACTIVE: MlflowSweepCallback | None = None  # this process's sweep callback, for 
 
 def start_guard(uri: str, run_id: str):
     """A process in its own session that ends the parent KILLED if this one dies before `finish`."""
-    src = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    env = helper_env()
     try:
         return subprocess.Popen([sys.executable, "-m", "cnnlab.sweep_guard", uri, run_id], stdin=subprocess.PIPE,
                                 env=env, start_new_session=True)

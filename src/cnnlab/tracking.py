@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cnnlab.fields import Field, boolean, check_fields, optional, string
-from cnnlab.store import DEFAULT_DB, REPO_ROOT, artifact_location, open_store, resolve_uri  # noqa: F401
+from cnnlab.store import artifact_location, open_store, resolve_uri
 
 TRACKING_FIELDS = {
     "enabled": Field(boolean, True),
