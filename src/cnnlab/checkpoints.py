@@ -63,20 +63,50 @@ def remove(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def _write_weights(model, final: Path) -> None:
+    """Write `model.save_weights` to `final` atomically, such that a full disk is an OSError, not a crash.
+
+    HDF5 can kill the process (SIGSEGV) when a write fails mid-file, and a check for room beforehand
+    races with whatever else fills the disk. So HDF5 writes into RAM (`/dev/shm`) when that has room,
+    and Python copies the bytes to `final`'s disk, where ENOSPC is an ordinary exception.
+    """
+    import tempfile
+
+    shm = Path("/dev/shm")
+    size = _expected_size(model, final.parent)
+    staged = shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 2 * size + 2**20
+    if not staged:
+        _check_room(model, final.parent)
+    tmp = final.parent / f".{final.name}.tmp.weights.h5"  # Keras wants the .weights.h5 suffix
+    try:
+        if staged:
+            with tempfile.TemporaryDirectory(dir=shm, prefix="cnnlab-") as ram:
+                model.save_weights(Path(ram) / "w.weights.h5", overwrite=True)
+                shutil.copyfile(Path(ram) / "w.weights.h5", tmp)
+        else:
+            model.save_weights(tmp, overwrite=True)
+        _replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _replace(tmp: Path, final: Path) -> None:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())  # the bytes are on disk before the name points at them
     os.replace(tmp, final)
 
 
-def _check_room(model, folder: Path) -> None:
-    """ENOSPC if the disk lacks room for two checkpoints: HDF5 can crash the process on a failed write."""
-    import errno
-
+def _expected_size(model, folder: Path) -> int:
     previous = [f.stat().st_size for f in folder.glob("step-*.weights.h5")]
     # weights plus optimizer slots (Adam: 2 a weight), float32, when there is no checkpoint to go by
-    size = max(previous) if previous else model.count_params() * 4 * 3
-    if shutil.disk_usage(folder).free < 2 * size + 2**20:
+    return max(previous) if previous else model.count_params() * 4 * 3
+
+
+def _check_room(model, folder: Path) -> None:
+    """ENOSPC if the disk lacks room for two checkpoints (only when HDF5 must write there directly)."""
+    import errno
+
+    if shutil.disk_usage(folder).free < 2 * _expected_size(model, folder) + 2**20:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
@@ -88,10 +118,7 @@ def save(model, folder: Path, extra: dict | None = None) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     step = iterations(model)
     name = f"step-{step:09d}.weights.h5"
-    tmp = folder / f".{name}.tmp.weights.h5"  # Keras wants the .weights.h5 suffix
-    _check_room(model, folder)
-    model.save_weights(tmp, overwrite=True)
-    _replace(tmp, folder / name)
+    _write_weights(model, folder / name)
     state = folder / f".{STATE}.tmp"
     state.write_text(json.dumps({"step": step, "weights": name, **(extra or {})}))
     _replace(state, folder / STATE)
@@ -197,9 +224,7 @@ class BestWeights:
         if self.best is not None and better(value, self.best["value"]) == self.best["value"]:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / ".best.tmp.weights.h5"
-        model.save_weights(tmp, overwrite=True)
-        _replace(tmp, self.folder / "best.weights.h5")
+        _write_weights(model, self.folder / "best.weights.h5")
         self.best = {"step": step, "metric": self.metric, "value": value}
         (self.folder / ".best.json.tmp").write_text(json.dumps(self.best))
         _replace(self.folder / ".best.json.tmp", self.folder / "best.json")
