@@ -53,7 +53,12 @@ with native_stderr_held_back():
 
         _tf.config.list_physical_devices()
 
-__all__ = ["keras", "device_name", "make_deterministic", "bfloat16_is_native", "dtype_policy"]
+__all__ = ["keras", "iterations", "device_name", "make_deterministic", "bfloat16_is_native", "dtype_policy"]
+
+
+def iterations(model) -> int:
+    """Optimizer steps taken so far (backend-agnostic)."""
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
 def device_name() -> str:

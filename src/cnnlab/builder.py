@@ -135,7 +135,7 @@ def shape_table(arch: Architecture) -> str:
 
 def build_model(arch: Architecture, seed: int):
     """Make the `keras.Model`; each weighted layer gets its own seeded initializer instances."""
-    import keras
+    from cnnlab.backend import keras
 
     inputs = keras.Input(shape=arch.input_shape, name="input")
     x = inputs

@@ -16,14 +16,9 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
-from cnnlab.backend import keras
+from cnnlab.backend import iterations, keras
 from cnnlab.errors import Diverged, Interrupted
 from cnnlab.pipeline import training_batches, validation_input
-
-
-def iterations(model) -> int:
-    """Optimizer steps taken so far (backend-agnostic)."""
-    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
 class Monitor(keras.callbacks.Callback):

@@ -287,7 +287,7 @@ def findings(by_name: dict, cells: list[dict]) -> list[str]:
 
 
 def write_report(client, experiment: str, out: Path) -> list[dict]:
-    from cnnlab.diagnostics import plot_diagnostics
+    from cnnlab.plots import plot_diagnostics
 
     records, runs = collect(client, experiment)
     out.mkdir(parents=True, exist_ok=True)
