@@ -139,7 +139,7 @@ def test_fast_paths_train(compose, fast_path):
     result = train(check_config(compose(*FAST, "tracking=none", fast_path)))
     assert result["test_accuracy"] > 0.9  # chance is 0.1
     assert result["steps"] == 40
-    # steps 2..N (or after the first execution), not one per callback: 40 steps of 32 in well under a minute
+    # steps 2..N (or after the first execution), not one per callback: 40 steps of 100 images
     assert result["images_per_second"] > 100
 
 
@@ -264,7 +264,7 @@ def test_real_mnist_small_budget(compose):
     run = check_config(compose("model=tiny", "optimizer=adam", "optimizer.lr=0.01", "trainer.steps=150",
                                "trainer.eval_every=50", "dataset.test_size=2000", "tracking=none",
                                "trainer.verbose=0"))
-    assert len(run.dataset) and run.dataset["val_size"] == 5000
+    assert run.dataset["name"] == "mnist" and run.dataset["val_size"] == 5000 and run.dataset["train_size"] is None
     result = train(run)
     assert result["test_accuracy"] > 0.7
 

@@ -41,7 +41,6 @@ class Row:
     name: str
     kind: LayerKind
     args: dict
-    input_shape: tuple
     output_shape: tuple
     params: int
     kernel_init: dict | None  # resolved init spec, None for layers without weights
@@ -90,7 +89,7 @@ def check_model(model_cfg, init_cfg, path: str = "model", init_path: str = "init
         args = kind.check_args(values, layer_path)
         kind.check_input(shape_in, layer_path, source)
         shape_out = kind.output_shape(shape_in, args, layer_path)
-        rows.append(Row(name, kind, args, shape_in, shape_out, kind.param_count(shape_in, args), None, None))
+        rows.append(Row(name, kind, args, shape_out, kind.param_count(shape_in, args), None, None))
         if isinstance(args.get("padding"), tuple):  # explicit padding adds a ZeroPadding2D named <name>_pad
             padding_layers.add(f"{name}_pad")
         shape_in, source = shape_out, name
