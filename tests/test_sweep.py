@@ -98,6 +98,30 @@ def test_summary_table_matches_children(sweep, tmp_path):
             assert row["test_accuracy"] == ""
 
 
+def test_report_compares_the_jobs_by_their_swept_values(sweep, tmp_path):
+    """`python -m cnnlab.report`: a row per job under its swept values, sorted by the metric; two plots."""
+    from cnnlab.report import main
+
+    uri, _, _ = sweep
+    client, parents, children = store_runs(uri)
+    parent = min(parents, key=lambda r: r.info.start_time)
+    out = tmp_path / "report"
+    assert main(["--tracking-uri", uri, "--sweep", parent.info.run_id, "--out", str(out)]) == 0
+    assert {"REPORT.md", "results.csv", "val_accuracy_curves.png", "val_accuracy_by_job.png"} <= \
+        {f.name for f in out.iterdir()}
+    table = [line for line in (out / "REPORT.md").read_text().splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| init | model.layers.conv1.kernel_size | status | test_accuracy |")
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[1:]]
+    assert sorted((r[0], r[1], r[2]) for r in rows) == [("glorot", "3", "FINISHED"), ("glorot", "99", "FAILED"),
+                                                        ("he", "3", "FINISHED"), ("he", "99", "FAILED")]
+    mine = {c.info.run_name: c for c in children if c.data.tags["mlflow.parentRunId"] == parent.info.run_id}
+    accuracies = [mine[f"init={r[0]},model.layers.conv1.kernel_size={r[1]}"].data.metrics.get("val_accuracy")
+                  for r in rows]
+    assert [a is None for a in accuracies] == [False, False, True, True]  # measured first, best first
+    assert accuracies[0] >= accuracies[1]
+    assert main(["--tracking-uri", uri, "--sweep", "no-such-run", "--out", str(tmp_path / "x")]) == 2
+
+
 def test_second_sweep_is_separate(sweep):
     uri, _, second = sweep
     assert second.returncode == 0, second.stderr[-3000:]

@@ -20,7 +20,7 @@ for step in "${steps[@]}"; do
     part5) python run.py +experiment=ltfn5_published trainer.verbose=2 "${resume[@]}" ;;
     part6) python run.py +experiment=ltfn6_published trainer.verbose=2 "${resume[@]}" ;;
     grid) python run.py -m +experiment=ltfn_init_grid hydra.launcher.n_jobs=2 trainer.verbose=0 "${resume[@]}" ;;
-    report) python -m cnnlab.report ;;
+    report) python experiments/ltfn_init/study_report.py --out experiments/ltfn_init ;;
     *) echo "error: unknown step '$step' (part5 part6 grid report)" >&2; exit 2 ;;
   esac
 done

@@ -1,331 +1,175 @@
-"""The LTFN init study's report, built from what MLflow holds.
+"""The report of a sweep: a comparison table and plots by the swept keys, from what MLflow holds.
 
-    python -m cnnlab.report                       # the default store, experiment ltfn_init
-    python -m cnnlab.report --tracking-uri sqlite:////path/mlflow.db --out experiments/ltfn_init
+    python -m cnnlab.report                                 # the newest sweep of experiment cnnlab
+    python -m cnnlab.report --sweep <parent_run_id> --metric test_accuracy --out my_report
 
-Reads the newest `ltfn5_published` and `ltfn6_published` runs and the
-children of the newest grid sweep, and writes `results.json`, `REPORT.md`
-and its plots into `--out`. Every number in the report comes from the store.
+Writes `REPORT.md`, `results.csv` and two plots into `--out` (default:
+`reports/<parent_run_id>` beside the SQLite store, outside git): one row per job
+with its swept values, status and final metrics, sorted by `--metric`; the
+validation curves of every job; the metric by the swept values (a heat map for
+two keys, bars otherwise). Every number comes from the store. A study's own
+prose lives with the study (e.g. `experiments/ltfn_init/study_report.py`).
+
+Example:
+    >>> split_name("init=he,optimizer.lr=0.01,+model.layers.conv1.dilation_rate=2")
+    {'init': 'he', 'optimizer.lr': '0.01', 'model.layers.conv1.dilation_rate': '2'}
+    >>> short(0.91234), short(1.5e26), short(None)
+    ('0.9123', '1.5e+26', '—')
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
-PUBLISHED = {  # "Learn TensorFlow Now" part 5: the numbers the tutorial printed
-    "ltfn5_published": {"test_accuracy": 0.8188, "test_loss": 15083.0, "initial_loss": 979579.0},
-}
-GRID_INITS = ("normal", "normal_005", "glorot", "he", "lecun")
+
+def short(v) -> str:
+    """A number as a table shows it: 4 significant digits, scientific when large or tiny."""
+    if v is None:
+        return "—"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def record(run, name: str) -> dict:
-    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-    return {
-        "name": name,
-        "init": tags.get("choice.init") or params.get("init.hidden.scheme"),
-        "lr": float(params["optimizer.lr"]),
-        "steps": int(params["trainer.steps"]),
-        "test_accuracy": metrics.get("test_accuracy"),
-        "test_loss": metrics.get("test_loss"),
-        "initial_loss": metrics.get("initial_loss"),
-        "diverged": tags.get("diverged") == "true",
-        "diverged_at_step": int(tags["diverged_at_step"]) if "diverged_at_step" in tags else None,
-        "status": run.info.status,
-        "train_seconds": metrics.get("train_seconds"),
-        "mlflow_run_id": run.info.run_id,
-    }
-
-
-def newest(client, experiment_id: str, filter_string: str):
-    found = client.search_runs([experiment_id], filter_string=filter_string,
-                               order_by=["attributes.start_time DESC"], max_results=1)
-    return found[0] if found else None
-
-
-def collect(client, experiment: str) -> tuple[list[dict], dict]:
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise SystemExit(f"error: no MLflow experiment {experiment!r} in this store: run the study first")
-    records, runs = [], {}
-    for name in ("ltfn5_published", "ltfn6_published"):
-        run = newest(client, exp.experiment_id, f"attributes.run_name = '{name}' and attributes.status != 'RUNNING'")
-        if run:
-            records.append(record(run, name))
-            runs[name] = run
-    parent = newest(client, exp.experiment_id, "tags.`cnnlab.sweep` = 'parent' and params.`sweep.keys` LIKE '%init%'")
-    if parent:
-        children = client.search_runs([exp.experiment_id], max_results=1000,
-                                      filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-                                      order_by=["attributes.start_time DESC"])
-        # a job re-run after a sweep resume has two children: the newest one counts
-        children = list({c.info.run_name: c for c in reversed(children)}.values())
-        cells = [record(c, "") for c in children]
-        for cell in cells:
-            cell["name"] = f"grid/init={cell['init']},lr={cell['lr']:g}"
-        order = {init: i for i, init in enumerate(GRID_INITS)}
-        records += sorted(cells, key=lambda c: (order.get(c["init"], 99), c["lr"]))
-        runs["grid_parent"] = parent
-        by_id = {c.info.run_id: c for c in children}
-        runs["grid_by_init"] = {c["init"]: by_id[c["mlflow_run_id"]] for c in cells}
-    return records, runs
-
-
-def _pct(v) -> str:
-    return "—" if v is None else f"{100 * v:.2f}%"
-
-
-def _num(v) -> str:
-    return "—" if v is None else f"{v:,.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
-
-
-def diag_series(client, run) -> dict:
-    """The init-diagnostics dict of a run, rebuilt from its metrics in layer order."""
-    from omegaconf import OmegaConf
-
-    local = client.download_artifacts(run.info.run_id, "config.yaml")
-    layers = list(OmegaConf.load(local).model.layers)
-    m = run.data.metrics
-    return {"initial_loss": m.get("initial_loss"),
-            "layers": [{"name": n, "preact_std": m.get(f"init.preact_std.{n}"), "act_std": m[f"init.act_std.{n}"]}
-                       for n in layers if f"init.act_std.{n}" in m]}
-
-
-def curves_plot(client, runs: dict, path: Path) -> None:
-    from cnnlab.plots import pyplot
-
-    plt = pyplot()
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    for name in ("ltfn5_published", "ltfn6_published"):
-        if name not in runs:
-            continue
-        rid = runs[name].info.run_id
-        for ax, metric, style in ((ax_loss, "train_loss", "-o"), (ax_acc, "val_accuracy", "-s")):
-            hist = sorted(client.get_metric_history(rid, metric), key=lambda h: h.step)
-            ax.plot([h.step for h in hist], [h.value for h in hist], style, markersize=3, label=name)
-    ax_loss.set(xlabel="step", ylabel="training loss (mean over each eval interval)", yscale="log")
-    ax_acc.set(xlabel="step", ylabel="validation accuracy", ylim=(0, 1))
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def grid_plot(cells: list[dict], path: Path) -> None:
-    from cnnlab.plots import pyplot
-
-    plt = pyplot()
-    inits = [i for i in GRID_INITS if any(c["init"] == i for c in cells)]
-    lrs = sorted({c["lr"] for c in cells})
-    acc = np.full((len(inits), len(lrs)), np.nan)
-    for c in cells:
-        if c["test_accuracy"] is not None:
-            acc[inits.index(c["init"]), lrs.index(c["lr"])] = c["test_accuracy"]
-    fig, ax = plt.subplots(figsize=(1.6 * len(lrs) + 3, 0.7 * len(inits) + 2))
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("lightcoral")  # diverged cells
-    image = ax.imshow(np.ma.masked_invalid(acc), vmin=0, vmax=1, cmap=cmap)
-    fig.colorbar(image, ax=ax, label="test accuracy")
-    for c in cells:
-        i, j = inits.index(c["init"]), lrs.index(c["lr"])
-        dark = not c["diverged"] and c["test_accuracy"] is not None and c["test_accuracy"] < 0.6
-        text = f"diverged\nat step {c['diverged_at_step']}" if c["diverged"] else _pct(c["test_accuracy"])
-        ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
-    ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
-    ax.set_yticks(range(len(inits)), inits)
-    ax.set(xlabel="SGD learning rate", ylabel="init", title=f"test accuracy after {cells[0]['steps']:,} steps")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-COMMANDS = """\
-export CNNLAB_DATA_DIR=$PWD/../shared/datasets     # offline machines: the folder holding mnist.npz
-python run.py +experiment=ltfn5_published          # part 5: N(0,1), SGD 1e-7, 5,000 steps
-python run.py +experiment=ltfn6_published          # part 6: He + Glorot, SGD 1e-3, 1,000 steps
-python run.py -m +experiment=ltfn_init_grid hydra.launcher.n_jobs=2   # 5 inits x 3 learning rates, 1,000 steps each
-python -m cnnlab.report                            # this file, results.json and the plots"""
-
-
-def markdown(records: list[dict], plots: list[str], diags: dict) -> str:
-    by_name = {r["name"]: r for r in records}
-    cells = [r for r in records if r["name"].startswith("grid/")]
-    lines = [
-        "# The LTFN weight-init study",
-        "",
-        "_Written by `python -m cnnlab.report` from the MLflow store; every number below is a logged metric._",
-        "",
-        "## Question",
-        "",
-        "\"Learn TensorFlow Now\" part 5 trained a 4-conv MNIST network (321,738 parameters) with every weight "
-        "drawn from N(0, 1) and reached 81.88% test accuracy; part 6 switched to He/Glorot init and trained "
-        "properly. But part 6 also raised the learning rate from 1e-7 to 1e-3 and cut the budget from 5,000 to "
-        "1,000 steps. Which change did what? We reproduce both published settings, then vary only init and "
-        "learning rate on a grid with everything else fixed.",
-        "",
-        "## Commands",
-        "",
-        "```bash", COMMANDS, "```",
-        "",
-        "Every run uses `trainer.seed=0` and `trainer.deterministic=true`, batch 100, consecutive batches of the "
-        "55,000-image training split (`trainer.shuffle=false`); the last 5,000 training images validate.",
-        "",
-        "## The published settings",
-        "",
-        "| run | init | lr | steps | initial loss | test loss | test accuracy | published test accuracy | "
-        "published test cost |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name in ("ltfn5_published", "ltfn6_published"):
-        r = by_name.get(name)
-        if not r:
-            lines.append(f"| {name} | not run yet | | | | | | | |")
-            continue
-        pub = PUBLISHED.get(name, {})
-        lines.append(f"| {name} | {r['init']} | {r['lr']:g} | {r['steps']:,} | {_num(r['initial_loss'])} | "
-                     f"{_num(r['test_loss'])} | {_pct(r['test_accuracy'])} | {_pct(pub.get('test_accuracy'))} | "
-                     f"{_num(pub.get('test_loss'))} |")
-    if cells:
-        lrs = sorted({c["lr"] for c in cells})
-        lines += ["", f"## The grid: test accuracy after {cells[0]['steps']:,} steps", "",
-                  "| init | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | initial loss |",
-                  "|---|" + "---|" * (len(lrs) + 1)]
-        for init in GRID_INITS:
-            row = {c["lr"]: c for c in cells if c["init"] == init}
-            if not row:
-                continue
-            shown = [("diverged at step %d" % row[lr]["diverged_at_step"]) if row.get(lr, {}).get("diverged")
-                     else _pct(row[lr]["test_accuracy"]) if lr in row else "—" for lr in lrs]
-            initial = next(iter(row.values()))["initial_loss"]
-            lines.append(f"| {init} | " + " | ".join(shown) + f" | {_num(initial)} |")
-        lines += ["", "`normal` is N(0, 1) (the LTFN problem), `normal_005` is N(0, 0.05²) (Keras's RandomNormal "
-                  "default), `glorot` is Glorot uniform, `he` is He normal for the ReLU layers with Glorot uniform "
-                  "for the output layer (the LTFN fix), `lecun` is LeCun normal."]
-    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
-    if diags:
-        lines += ["", "## Activation scale at initialisation (one batch of 100 training images)", "",
-                  "Standard deviation of each layer's output; in brackets, the factor by which the layer changed "
-                  "the scale of its input (max pooling raises it a little, flatten not at all).", "",
-                  "| layer | " + " | ".join(diags) + " |", "|---|" + "---|" * len(diags)]
-        names = [r["name"] for r in next(iter(diags.values()))["layers"]]
-        for i, layer in enumerate(names):
-            cells_ = []
-            for diag in diags.values():
-                row = diag["layers"][i]
-                prev = diag["layers"][i - 1]["act_std"] if i else None
-                factor = f" (×{row['act_std'] / prev:.3g})" if prev else ""
-                cells_.append(f"{row['act_std']:.4g}{factor}")
-            lines.append(f"| {layer} | " + " | ".join(cells_) + " |")
-    lines += ["", "## Findings", ""] + findings(by_name, cells)
-    lines += ["", "## Runs", "", "`results.json` lists every run with its MLflow run id; open them with "
-              "`mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db` (experiment `ltfn_init`)."]
-    return "\n".join(lines) + "\n"
-
-
-def findings(by_name: dict, cells: list[dict]) -> list[str]:
-    """Sentences from the results; the published LTFN numbers they compare with are the constants in PUBLISHED."""
-    out = []
-    p5, p6 = by_name.get("ltfn5_published"), by_name.get("ltfn6_published")
-    if p5 and p5["test_accuracy"] is not None:
-        gap = 100 * (p5["test_accuracy"] - PUBLISHED["ltfn5_published"]["test_accuracy"])
-        out.append(f"- **Part 5 reproduced**: N(0,1) weights with SGD at 1e-7 reach {_pct(p5['test_accuracy'])} "
-                   f"test accuracy after {p5['steps']:,} steps ({gap:+.2f} points from the published 81.88%), with "
-                   f"a test loss of {_num(p5['test_loss'])} (published cost ≈ 15,083) and an initial loss of "
-                   f"{_num(p5['initial_loss'])} (published ≈ 979,579). The losses depend on the particular N(0,1) "
-                   "draw (ours is seed 0; the tutorial's draw is not known), because a handful of huge logits "
-                   "dominate them.")
-    if p6 and p6["test_accuracy"] is not None:
-        out.append(f"- **Part 6 reproduced**: He + Glorot with SGD at 1e-3 reach {_pct(p6['test_accuracy'])} after "
-                   f"{p6['steps']:,} steps, from an initial loss of {_num(p6['initial_loss'])} (log 10 ≈ 2.30 is "
-                   "chance level: the logits start small).")
-    if cells:
-        def cell(init, lr):
-            return next((c for c in cells if c["init"] == init and c["lr"] == lr), None)
-
-        normal_div = [c for c in cells if c["init"] == "normal" and c["diverged"]]
-        if normal_div:
-            out.append("- **N(0,1) needs a tiny learning rate**: at " + ", ".join(
-                f"lr {c['lr']:g}" for c in normal_div) + " it diverges (loss NaN/inf or above 1e12) within "
-                f"{max(c['diverged_at_step'] for c in normal_div)} steps, so part 5 had to use 1e-7; at that rate "
-                "every other init barely moves in the same budget.")
-        trained = [c for c in cells if c["test_accuracy"] is not None]
-        if trained:
-            best = max(trained, key=lambda c: c["test_accuracy"])
-            out.append(f"- **Best cell**: init {best['init']} at lr {best['lr']:g}: {_pct(best['test_accuracy'])}.")
-        for init in ("he", "glorot", "lecun", "normal_005"):
-            ok = [c for c in trained if c["init"] == init]
-            if ok:
-                b = max(ok, key=lambda c: c["test_accuracy"])
-                out.append(f"- best {init}: {_pct(b['test_accuracy'])} at lr {b['lr']:g}")
-        n7, h7, h3 = cell("normal", 1e-7), cell("he", 1e-7), cell("he", 1e-3)
-        if n7 and h7 and h3 and None not in (n7["test_accuracy"], h7["test_accuracy"], h3["test_accuracy"]):
-            out.append(f"- **Separating the causes** (same 1,000-step budget): changing only the init at lr 1e-7 "
-                       f"does not help — N(0,1) {_pct(n7['test_accuracy'])}, He {_pct(h7['test_accuracy'])} (N(0,1)'s "
-                       "huge gradients make 1e-7 an effectively large step; He's do not). Changing only the "
-                       "learning rate to 1e-3 makes N(0,1) diverge. Only the two together, as part 6 did, train: "
-                       f"He at 1e-3 gives {_pct(h3['test_accuracy'])}. The init is what makes a normal learning "
-                       "rate possible; the learning rate is what then trains.")
-        p6 = by_name.get("ltfn6_published")
-        if p6 and h3 and p6["test_accuracy"] is not None:
-            same = p6["test_accuracy"] == h3["test_accuracy"] and p6["test_loss"] == h3["test_loss"]
-            out.append(f"- **Reproducibility**: the grid cell he/1e-3 is part 6's setting, run again in a sweep "
-                       f"worker: test accuracy {_pct(h3['test_accuracy'])}, test loss {h3['test_loss']:.6g} vs "
-                       f"{_pct(p6['test_accuracy'])}, {p6['test_loss']:.6g} for `ltfn6_published` — "
-                       + ("identical." if same else "not identical (see the runs)."))
-    out.append("- **Why** (the activation-scale table and `init_diagnostics.png`): with N(0,1) weights each ReLU "
-               "conv layer multiplies the activation scale by about sqrt(fan_in/2) (fan_in = 9 × input channels: "
-               "sqrt(288) ≈ 17 for conv2 and conv3, sqrt(576) = 24 for conv4), so the logits start in the hundreds "
-               "of thousands and the softmax saturates; He scaling keeps the factor near 1. Glorot uniform ignores "
-               "the ReLU's halving, so its activations shrink layer by layer, which is why it is the slowest init "
-               "at lr 1e-3.")
+def split_name(run_name: str) -> dict[str, str]:
+    """A sweep child's name ('init=he,optimizer.lr=0.01') as {key: value}; `+`/`~` prefixes dropped."""
+    out = {}
+    for part in (run_name or "").split(","):
+        if "=" in part:
+            key, value = part.split("=", 1)
+            out[key.lstrip("+~")] = value
+        elif out:  # a value with a comma in it (a list): belongs to the previous key
+            last = next(reversed(out))
+            out[last] += "," + part
     return out
 
 
-def write_report(client, experiment: str, out: Path) -> list[dict]:
-    from cnnlab.plots import plot_diagnostics
+def find_sweep(client, experiment: str, sweep: str):
+    """The parent run: `sweep` is its id, or 'last' (the newest sweep parent of `experiment`)."""
+    if sweep != "last":
+        return client.get_run(sweep)
+    exp = client.get_experiment_by_name(experiment)
+    found = exp and client.search_runs([exp.experiment_id], filter_string="tags.`cnnlab.sweep` = 'parent'",
+                                       order_by=["attributes.start_time DESC"], max_results=1)
+    if not found:
+        raise LookupError(f"no sweep in experiment {experiment!r}: run one with `python run.py -m ...`")
+    return found[0]
 
-    records, runs = collect(client, experiment)
+
+def rows_of(client, parent) -> tuple[list[dict], list[str]]:
+    """One row per job (the newest child per name, as after a resume) and the swept keys, in sweep order."""
+    from cnnlab.sweep import summarize_children
+
+    newest = {}
+    for row in summarize_children(client, parent.info.run_id):
+        newest[row["run"]] = row  # children come oldest first
+    rows = list(newest.values())
+    keys = [k.lstrip("+~") for k in parent.data.params.get("sweep.keys", "").split(",") if k]
+    for row in rows:
+        row["values"] = split_name(row["run"])
+        for key in row["values"]:
+            if key not in keys:
+                keys.append(key)
+    return rows, keys
+
+
+def markdown(parent, rows: list[dict], keys: list[str], metric: str, plots: list[str]) -> str:
+    metrics = [m for m in ("test_accuracy", "test_loss", "val_accuracy", "val_loss") if any(r.get(m) is not None
+                                                                                           for r in rows)]
+    lines = [f"# Sweep {parent.info.run_name or parent.info.run_id}", "",
+             f"_Written by `python -m cnnlab.report` from the MLflow store: parent run {parent.info.run_id}, "
+             f"{len(rows)} jobs, swept: {', '.join(f'`{k}`' for k in keys) or '—'}; sorted by `{metric}`._", "",
+             "| " + " | ".join([*keys, "status", *metrics, "note"]) + " |",
+             "|" + "---|" * (len(keys) + len(metrics) + 2)]
+    for r in rows:
+        cells = [r["values"].get(k, "") for k in keys] + [r["status"]] + [short(r.get(m)) for m in metrics]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells + [r.get("note") or ""]) + " |")
+    lines += ["", *[f"![{p}]({p})" for p in plots]]
+    return "\n".join(lines) + "\n"
+
+
+def metric_plot(rows: list[dict], keys: list[str], metric: str, path: Path) -> None:
+    """`metric` by the swept values: a heat map over two keys, else one bar per job."""
+    from cnnlab.plots import pyplot
+
+    plt = pyplot()
+    value = {id(r): r.get(metric) for r in rows}
+    if len(keys) == 2:
+        ys = list(dict.fromkeys(r["values"].get(keys[0], "") for r in rows))
+        xs = list(dict.fromkeys(r["values"].get(keys[1], "") for r in rows))
+        grid = np.full((len(ys), len(xs)), np.nan)
+        for r in rows:
+            if value[id(r)] is not None:
+                grid[ys.index(r["values"].get(keys[0], "")), xs.index(r["values"].get(keys[1], ""))] = value[id(r)]
+        fig, ax = plt.subplots(figsize=(1.6 * len(xs) + 3, 0.7 * len(ys) + 2))
+        image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis")
+        fig.colorbar(image, ax=ax, label=metric)
+        for i in range(len(ys)):
+            for j in range(len(xs)):
+                ax.text(j, i, "—" if np.isnan(grid[i, j]) else short(float(grid[i, j])), ha="center", va="center")
+        ax.set_xticks(range(len(xs)), xs)
+        ax.set_yticks(range(len(ys)), ys)
+        ax.set(xlabel=keys[1], ylabel=keys[0], title=metric)
+    else:
+        fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.5))
+        labels = [",".join(f"{k}={r['values'][k]}" for k in keys if k in r["values"]) or r["run"] for r in rows]
+        ax.barh(range(len(rows)), [value[id(r)] if value[id(r)] is not None else 0 for r in rows])
+        ax.set_yticks(range(len(rows)), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set(xlabel=metric, title=f"{metric} by job (no bar: not measured)")
+        ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(client, parent, out: Path, metric: str = "val_accuracy") -> list[dict]:
+    """REPORT.md, results.csv and the plots of sweep `parent` into `out`; returns the rows."""
+    from cnnlab.sweep import comparison_plot, to_csv
+
+    rows, keys = rows_of(client, parent)
+    if not rows:
+        raise LookupError(f"sweep {parent.info.run_id} has no jobs yet")
+    descending = not metric.endswith("loss")
+    rows.sort(key=lambda r: (r.get(metric) is None, -(r.get(metric) or 0) if descending else (r.get(metric) or 0)))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(records, indent=2) + "\n")
-    plots = []
-    diags = {}
-    if "ltfn5_published" in runs and "ltfn6_published" in runs:
-        diags = {"normal": diag_series(client, runs["ltfn5_published"]),
-                 "he": diag_series(client, runs["ltfn6_published"])}
-    for init, run in runs.get("grid_by_init", {}).items():
-        diags.setdefault(init, diag_series(client, run))
-    if diags:
-        plot_diagnostics(diags, out / "init_diagnostics.png", "ltfn5 at initialisation, one batch of 100 MNIST images")
-        plots.append("init_diagnostics.png")
-    if any(name in runs for name in ("ltfn5_published", "ltfn6_published")):
-        curves_plot(client, runs, out / "published_curves.png")
-        plots.append("published_curves.png")
-    cells = [r for r in records if r["name"].startswith("grid/")]
-    if cells:
-        grid_plot(cells, out / "grid_test_accuracy.png")
-        plots.append("grid_test_accuracy.png")
-    (out / "REPORT.md").write_text(markdown(records, plots, diags))
-    return records
+    (out / "results.csv").write_text(to_csv(rows))
+    comparison_plot(client, rows, out / "val_accuracy_curves.png")
+    metric_plot(rows, keys, metric, out / f"{metric}_by_job.png")
+    plots = ["val_accuracy_curves.png", f"{metric}_by_job.png"]
+    (out / "REPORT.md").write_text(markdown(parent, rows, keys, metric, plots))
+    return rows
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.tracking import MlflowClient
 
-    from cnnlab.store import DEFAULT_DB
+    from cnnlab.store import DEFAULT_DB, redact_uri, resolve_uri, sqlite_path
 
     parser = argparse.ArgumentParser(prog="python -m cnnlab.report", description=__doc__.splitlines()[0])
-    parser.add_argument("--tracking-uri", default=f"sqlite:///{DEFAULT_DB}")
-    parser.add_argument("--experiment", default="ltfn_init")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[2] / "experiments" / "ltfn_init")
+    parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else mlruns/mlflow.db")
+    parser.add_argument("--experiment", default="cnnlab")
+    parser.add_argument("--sweep", default="last", help="the sweep's parent run id, or last (default)")
+    parser.add_argument("--metric", default="val_accuracy", help="sort and plot by this final metric")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    records = write_report(MlflowClient(tracking_uri=args.tracking_uri), args.experiment, args.out)
-    print(f"wrote {args.out / 'REPORT.md'} and results.json ({len(records)} runs)")
+    uri = resolve_uri(args.tracking_uri)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        parent = find_sweep(client, args.experiment, args.sweep)
+        out = args.out or (sqlite_path(uri) or DEFAULT_DB).parent / "reports" / parent.info.run_id
+        rows = write_report(client, parent, out, args.metric)
+    except Exception as e:  # an unknown run id, an empty store: one line
+        print(f"error: report: {redact_uri(str(e).splitlines()[0] if str(e) else type(e).__name__)}",
+              file=sys.stderr)
+        return 2
+    print(f"wrote {out / 'REPORT.md'} ({len(rows)} jobs of sweep {parent.info.run_id})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
