@@ -9,19 +9,25 @@ process, which then ends the run as KILLED; if the training process dies
 without ending the run, the helper ends it as KILLED itself.
 
 The channel carries length-prefixed pickles both ways. The training process
-sends calls; the helper answers `flush` requests, and reports the first failed
-call at once (an `error` message), so `cnnlab.recorder.Recorder.check` can
-stop training at the next step.
+sends calls; the helper answers `flush` requests (and `end`, last), and reports
+the first failed call at once (an `error` message), so
+`cnnlab.recorder.Recorder.check` can stop training at the next step. A thread
+drains the incoming pipe into a queue, so a call waiting out a server outage
+never blocks training; one that outlasts MLflow's retries sends the rest of the
+run to a local spool (`cnnlab.spool`) instead of failing it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
+import queue
 import signal
 import struct
 import sys
+import threading
 import time
 
 HEADER = struct.Struct("!Q")
@@ -54,11 +60,36 @@ def describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
+def read_all(inbox_fd: int, inbox: queue.SimpleQueue) -> None:
+    """Move every message from the training process into `inbox` at once (a thread).
+
+    While a call waits out a server outage (MLflow retries it for minutes), the pipe
+    keeps draining, so the training process never blocks on a full pipe.
+    """
+    while True:
+        try:
+            inbox.put(receive_fd(inbox_fd))
+        except EOFError:
+            inbox.put(("end", "KILLED"))  # the training process is gone without ending its run
+            return
+        except Exception:  # an unreadable message: the stream cannot be trusted past it
+            inbox.put(("end", "FAILED"))
+            return
+
+
 def serve(inbox_fd: int, outbox) -> None:
-    """The helper's loop: run each message in order until `end` or until the training process is gone."""
+    """The helper's loop: run each message in order until `end` or until the training process is gone.
+
+    A call that fails because the server stays unreachable past MLflow's retries switches the
+    helper to spooling (`cnnlab.spool`): that call and all later ones go to a local folder,
+    and training goes on; every flush reply names the folder.
+    """
+    from cnnlab.spool import Spool, spool_root, unreachable
     from cnnlab.tracking import Tracker
 
-    tracker, error = None, None
+    tracker, error, spool = None, None, None
+    inbox = queue.SimpleQueue()
+    threading.Thread(target=read_all, args=(inbox_fd, inbox), daemon=True).start()
     started = time.perf_counter()
     try:  # warm up while the training process loads data and TensorFlow
         import mlflow.entities  # noqa: F401
@@ -73,26 +104,31 @@ def serve(inbox_fd: int, outbox) -> None:
         error = describe(e)
     warm_up = time.perf_counter() - started  # MLflow's import: part of what tracking costs
     while True:
-        try:
-            kind, *args = receive_fd(inbox_fd)
-        except EOFError:
-            kind, args = "end", ["KILLED"]  # the training process is gone without ending its run
-        except Exception:  # an unreadable message: the stream cannot be trusted past it
-            kind, args = "end", ["FAILED"]
+        kind, *args = inbox.get()
         if kind == "flush":
             send(outbox, ("flushed", error, tracker and tracker.run_id,
-                          warm_up + (tracker.seconds if tracker else 0.0)))
+                          warm_up + (tracker.seconds if tracker else 0.0), spool and str(spool.folder)))
         elif kind == "end":
-            if tracker:
+            status = "FAILED" if error and args[0] == "FINISHED" else args[0]
+            if tracker and not spool:
                 try:
                     if error:
                         tracker.set_tags({"error": error})
-                    tracker.end("FAILED" if error and args[0] == "FINISHED" else args[0])
-                except Exception:
-                    pass  # nothing left to tell: the training process has moved on
+                    tracker.end(status)
+                except Exception as e:
+                    if unreachable(e):  # the server went away at the very end: keep the end for later
+                        with contextlib.suppress(Exception):
+                            spool = Spool.create(spool_root(), tracker.client.tracking_uri, tracker.run_id,
+                                                 describe(e))
+            if spool:
+                spool.end(status, error)
+            with contextlib.suppress(OSError, ValueError):  # the last word: was anything spooled?
+                send(outbox, ("flushed", error, tracker and tracker.run_id, 0.0, spool and str(spool.folder)))
             return
         elif error or (kind == "call" and tracker is None):
             continue  # the record is already broken (or never began): the training process stops on it
+        elif spool and kind == "call":
+            spool.call(*args)
         else:
             try:
                 if kind == "start":
@@ -107,6 +143,13 @@ def serve(inbox_fd: int, outbox) -> None:
                     fn, call_args, call_kwargs = args
                     fn(*call_args, **call_kwargs)
             except Exception as e:
+                if kind == "call" and unreachable(e):  # the run exists; its server is gone for minutes
+                    try:
+                        spool = Spool.create(spool_root(), tracker.client.tracking_uri, tracker.run_id, describe(e))
+                        spool.call(*args)
+                        continue
+                    except Exception as spool_error:
+                        e = spool_error  # cannot even keep it locally: fail the run as before
                 error = describe(e)
                 send(outbox, ("error", error))  # at once: training stops at its next step
 
