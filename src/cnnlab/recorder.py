@@ -32,7 +32,11 @@ from cnnlab.store import REPO_ROOT
 from cnnlab.tracking_worker import receive_fd, send
 
 
-CLOSE_SECONDS = 330  # > MLflow's default retry window for one call (~255 s)
+def close_seconds() -> float:
+    """How long the helper may take for its last calls: a server outage is waited out (then spooled)."""
+    from cnnlab.store import OUTAGE_ENV, OUTAGE_SECONDS
+
+    return float(os.environ.get(OUTAGE_ENV, OUTAGE_SECONDS)) + 60
 
 
 class TrackingError(RuntimeError):
@@ -151,8 +155,8 @@ class Recorder:
                 stream.close()
             except OSError:
                 pass
-        try:  # the last calls may be waiting out a server outage (MLflow retries ~4 min, then spools)
-            self._proc.wait(timeout=CLOSE_SECONDS)
+        try:  # the last calls may be waiting out a server outage (cnnlab.spool)
+            self._proc.wait(timeout=close_seconds())
         except subprocess.TimeoutExpired:
             self._proc.kill()
 
@@ -174,7 +178,7 @@ class Recorder:
         """The helper's answer to `end`: whether the end, too, had to be spooled. Bounded; any failure ignored."""
         fd, error = self._proc.stdout.fileno(), self.error
         try:
-            deadline = time.monotonic() + CLOSE_SECONDS
+            deadline = time.monotonic() + close_seconds()
             while select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
                 reply = self._receive()
                 if reply is not None:

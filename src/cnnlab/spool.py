@@ -1,8 +1,8 @@
 """What a run could not send to its MLflow server during a long outage, kept on disk to upload later.
 
-A passing outage costs nothing: MLflow's HTTP client retries each call for ~4 minutes
-(`MLFLOW_HTTP_REQUEST_MAX_RETRIES`/`..._BACKOFF_FACTOR`), in the helper process, while
-training goes on. When a call still fails for want of the server, the helper
+A passing outage costs nothing: the helper process tries a call again every 2 s for up to
+5 minutes (`$CNNLAB_OUTAGE_SECONDS`, default 300), while training goes on, then sends
+everything it queued meanwhile. When a call still fails for want of the server, the helper
 (`cnnlab.tracking_worker`) stops calling it and writes that call and every later one
 (metrics, tags, artifacts, the run's end) to a spool folder,
 `mlruns/spool/<run_id>/` (`$CNNLAB_SPOOL_DIR/<run_id>/` if set); training finishes,

@@ -212,6 +212,16 @@ QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKO
               "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
+# Mid-run (the helper process, after the run exists): each MLflow call retries briefly, and
+# cnnlab.tracking_worker tries it again every few seconds for up to $CNNLAB_OUTAGE_SECONDS
+# (a restarted server is caught within seconds, not at MLflow's next exponential backoff step);
+# past that the run's calls go to a local spool (cnnlab.spool). User-set values win.
+MIDRUN_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+OUTAGE_ENV = "CNNLAB_OUTAGE_SECONDS"
+OUTAGE_SECONDS = 300
+
+
 @contextlib.contextmanager
 def quick_http():
     """Bounded HTTP retries inside the block (user-set values win); MLflow's generous defaults after it."""

@@ -31,6 +31,7 @@ import threading
 import time
 
 HEADER = struct.Struct("!Q")
+RETRY_SECONDS = 2  # between tries of a call whose server is unreachable
 
 
 def send(stream, message) -> None:
@@ -60,6 +61,18 @@ def describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
+def patiently(fn, args, seconds: float, unreachable) -> None:
+    """`fn(*args)`, tried again every RETRY_SECONDS while the server is unreachable, for up to `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return fn(*args)
+        except Exception as e:
+            if not unreachable(e) or time.monotonic() + RETRY_SECONDS > deadline:
+                raise
+            time.sleep(RETRY_SECONDS)
+
+
 def read_all(inbox_fd: int, inbox: queue.SimpleQueue) -> None:
     """Move every message from the training process into `inbox` at once (a thread).
 
@@ -85,9 +98,12 @@ def serve(inbox_fd: int, outbox) -> None:
     and training goes on; every flush reply names the folder.
     """
     from cnnlab.spool import Spool, spool_root, unreachable
+    from cnnlab.store import MIDRUN_HTTP, OUTAGE_ENV, OUTAGE_SECONDS
     from cnnlab.tracking import Tracker
 
     tracker, error, spool = None, None, None
+    midrun = {k: v for k, v in MIDRUN_HTTP.items() if k not in os.environ}  # the user's own settings win
+    outage_seconds = float(os.environ.get(OUTAGE_ENV, OUTAGE_SECONDS))
     inbox = queue.SimpleQueue()
     threading.Thread(target=read_all, args=(inbox_fd, inbox), daemon=True).start()
     started = time.perf_counter()
@@ -136,9 +152,10 @@ def serve(inbox_fd: int, outbox) -> None:
                         tracker = Tracker.resume(args[0], args[1], **args[4])
                     else:
                         tracker = Tracker.start(*args[:3], parent_run_id=args[3])
+                    os.environ.update(midrun)  # the run exists: from now on, outlast outages
                 elif kind == "call":
                     method, call_args = args
-                    getattr(tracker, method)(*call_args)
+                    patiently(getattr(tracker, method), call_args, outage_seconds, unreachable)
                 else:
                     fn, call_args, call_kwargs = args
                     fn(*call_args, **call_kwargs)
