@@ -67,6 +67,7 @@ def restarted_run(server, client, tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "run.py", *FAST, "tracking.log_model=true", "tracking.experiment=outage",
                              "trainer.steps=1500", "trainer.eval_every=100"], cwd=REPO, env={**os.environ, **env},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweep = None
     try:
         started, deadline, run = time.monotonic(), time.monotonic() + 120, None
         while time.monotonic() < deadline and proc.poll() is None:  # wait for the first validation point
@@ -85,14 +86,27 @@ def restarted_run(server, client, tmp_path_factory):
         time.sleep(max(0.0, 5 - (time.monotonic() - down)))
         server.mlflow.start()
         outage = time.monotonic() - down
+        sweep = start_sweep(server)  # beside the run's last part: the test's wall time, shared
         out, err = proc.communicate(timeout=300)
         print(f"first validation point after {down - started:.1f} s, outage {outage:.1f} s, "
               f"run ended {time.monotonic() - down - outage:.1f} s after the restart")
+    except BaseException:
+        if sweep is not None:
+            sweep.kill()  # its workers die with it
+        raise
     finally:
         if proc.poll() is None:
             proc.kill()
     return {"returncode": proc.returncode, "stdout": out, "stderr": err, "run_id": run.info.run_id,
-            "outage": outage, "spool": env["CNNLAB_SPOOL_DIR"], "spooler": spooler}
+            "outage": outage, "spool": env["CNNLAB_SPOOL_DIR"], "spooler": spooler, "sweep": sweep}
+
+
+def start_sweep(server) -> subprocess.Popen:
+    """A 2-job sweep on the server (its own experiment), collected by its test."""
+    args = ["-m", *FAST, "tracking.experiment=sweep", "trainer.steps=20,40", "trainer.eval_every=20",
+            "hydra.launcher.n_jobs=2"]
+    return subprocess.Popen([sys.executable, "run.py", *args], cwd=REPO, env={**os.environ, **server.client_env()},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def spooling_recorder(server, spool_dir: str):
@@ -176,10 +190,14 @@ def test_a_long_outage_spools_and_the_upload_completes_the_run(restarted_run, cl
     assert not os.path.exists(spool)
 
 
-def test_sweep_on_the_server_has_a_parent_and_its_children(server, client):
-    out = run_cli("-m", *FAST, "tracking.experiment=sweep", "trainer.steps=20,40", "trainer.eval_every=20",
-                  "hydra.launcher.n_jobs=2", env=server.client_env(), timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
+def test_sweep_on_the_server_has_a_parent_and_its_children(restarted_run, client):
+    sweep = restarted_run["sweep"]
+    try:
+        _, err = sweep.communicate(timeout=300)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 0, err[-2000:]
     runs = runs_of(client, "sweep")
     parents = [r for r in runs if r.data.tags.get("cnnlab.sweep") == "parent"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"

@@ -13,8 +13,9 @@ sends calls; the helper answers `flush` requests (and `end`, last), and reports
 the first failed call at once (an `error` message), so
 `cnnlab.recorder.Recorder.check` can stop training at the next step. A thread
 drains the incoming pipe into a queue, so a call waiting out a server outage
-never blocks training; one that outlasts MLflow's retries sends the rest of the
-run to a local spool (`cnnlab.spool`) instead of failing it.
+never blocks training; a call is tried again every 2 s while the server is
+unreachable, and one that outlasts $CNNLAB_OUTAGE_SECONDS sends the rest of
+the run to a local spool (`cnnlab.spool`) instead of failing it.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def patiently(fn, args, seconds: float, unreachable) -> None:
 def read_all(inbox_fd: int, inbox: queue.SimpleQueue) -> None:
     """Move every message from the training process into `inbox` at once (a thread).
 
-    While a call waits out a server outage (MLflow retries it for minutes), the pipe
+    While a call waits out a server outage (`patiently`, for minutes), the pipe
     keeps draining, so the training process never blocks on a full pipe.
     """
     while True:
@@ -93,7 +94,7 @@ def read_all(inbox_fd: int, inbox: queue.SimpleQueue) -> None:
 def serve(inbox_fd: int, outbox) -> None:
     """The helper's loop: run each message in order until `end` or until the training process is gone.
 
-    A call that fails because the server stays unreachable past MLflow's retries switches the
+    A call that fails because the server stays unreachable for $CNNLAB_OUTAGE_SECONDS switches the
     helper to spooling (`cnnlab.spool`): that call and all later ones go to a local folder,
     and training goes on; every flush reply names the folder.
     """
@@ -129,8 +130,8 @@ def serve(inbox_fd: int, outbox) -> None:
             if tracker and not spool:
                 try:
                     if error:
-                        tracker.set_tags({"error": error})
-                    tracker.end(status)
+                        patiently(tracker.set_tags, ({"error": error},), outage_seconds, unreachable)
+                    patiently(tracker.end, (status,), outage_seconds, unreachable)
                 except Exception as e:
                     if unreachable(e):  # the server went away at the very end: keep the end for later
                         with contextlib.suppress(Exception):
