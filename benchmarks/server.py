@@ -133,6 +133,8 @@ def load(server: TeamServer, client, jobs: int, steps: int) -> None:
     seconds = time.monotonic() - started
     runs = runs_of(client, "load")
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    parents = [(r.info.run_id[:8], r.info.status, r.data.tags.get("jobs.finished")) for r in runs
+               if r.data.tags.get("cnnlab.sweep") == "parent"]
     ids = "','".join(r.info.run_id for r in children)
     keys = "'train_loss','train_accuracy','val_loss','val_accuracy'"
     rows = psql(server, f"SELECT count(*), count(DISTINCT (run_uuid, key, step)) FROM metrics "
@@ -143,6 +145,7 @@ def load(server: TeamServer, client, jobs: int, steps: int) -> None:
     ordered = sorted(latencies)
     p50, p95 = statistics.median(ordered), ordered[int(0.95 * (len(ordered) - 1))]
     print(f"load: run.py {' '.join(args)}\n  exit {out.returncode} in {seconds:.0f} s; "
+          f"sweep parents (id, status, jobs.finished) {parents}; "
           f"{sum(r.info.status == 'FINISHED' for r in children)}/{len(children)} children FINISHED; "
           f"metric points in PostgreSQL {stored} (distinct {distinct}), expected {expected}: lost {expected - distinct}, "
           f"duplicated {stored - distinct}\n  log_batch latency beside the jobs ({len(ordered)} calls): "

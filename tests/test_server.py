@@ -28,7 +28,8 @@ FAST = ["model=tiny", "tracking=server", "trainer.verbose=0", "tracking.log_mode
 @pytest.fixture(scope="module")
 def server():
     started = time.monotonic()
-    team = TeamServer.start(workers=1)  # one uvicorn worker: quicker to (re)start on 2 cores
+    # one uvicorn worker: quicker to (re)start on 2 cores; no fsync: the cluster is deleted afterwards
+    team = TeamServer.start(workers=1, durable=False)
     print(f"team server up in {time.monotonic() - started:.1f} s")
     try:
         yield team

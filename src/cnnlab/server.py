@@ -88,7 +88,8 @@ class Postgres:
         return f"postgresql://mlflow@127.0.0.1:{self.port}/mlflow"
 
     @classmethod
-    def start(cls, folder: Path, port: int | None = None) -> "Postgres":
+    def start(cls, folder: Path, port: int | None = None, durable: bool = True) -> "Postgres":
+        """initdb, start, createdb. `durable=False` (tests): no fsync, for a cluster deleted afterwards."""
         bindir = pg_bindir()
         if bindir is None:
             raise RuntimeError("PostgreSQL is not installed (no initdb/pg_ctl; Debian: apt-get install postgresql)")
@@ -96,8 +97,11 @@ class Postgres:
         if os.geteuid() == 0:  # the server refuses to run as root
             shutil.chown(folder, "postgres", "postgres")
         pg = cls(folder, port or free_port(), bindir)
-        pg._as_owner("initdb", "-D", str(folder), "-U", "mlflow", "--auth=trust", "-E", "UTF8")
+        pg._as_owner("initdb", "-D", str(folder), "-U", "mlflow", "--auth=trust", "-E", "UTF8",
+                     *([] if durable else ["--no-sync"]))
         options = f"-p {pg.port} -k {folder} -c listen_addresses=127.0.0.1"
+        if not durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         pg.log.touch()
         if os.geteuid() == 0:
             shutil.chown(pg.log, "postgres", "postgres")
@@ -121,13 +125,16 @@ class Postgres:
         except (OSError, ValueError, IndexError):
             return None
 
-    def stop(self) -> None:
-        """Fast shutdown by PID (SIGINT, as `pg_ctl stop -m fast` sends), SIGKILL if it lingers."""
+    def stop(self, immediate: bool = False) -> None:
+        """Fast shutdown by PID (SIGINT, as `pg_ctl stop -m fast` sends), SIGKILL if it lingers.
+
+        `immediate` (SIGQUIT, `-m immediate`): no shutdown checkpoint, for a cluster about to be deleted.
+        """
         pid = self.pid
         if pid is None:
             return
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGINT)
+            os.kill(pid, signal.SIGQUIT if immediate else signal.SIGINT)
             if not _wait_gone(pid, STOP_SECONDS):
                 os.kill(pid, signal.SIGKILL)
                 _wait_gone(pid, 5)
@@ -225,14 +232,16 @@ class TeamServer:
         self.folder, self.postgres, self.mlflow, self.owned = folder, postgres, mlflow, owned
 
     @classmethod
-    def start(cls, folder: Path | None = None, port: int | None = None, workers: int = 2) -> "TeamServer":
+    def start(cls, folder: Path | None = None, port: int | None = None, workers: int = 2,
+              durable: bool = True) -> "TeamServer":
+        """Both servers in `folder` (None: a new temporary one, deleted by `stop`); `durable=False`: see Postgres."""
         owned = folder is None
         folder = Path(tempfile.mkdtemp(prefix="cnnlab-server-")) if owned else Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         os.chmod(folder, 0o711)  # the postgres user must reach its data folder inside; nothing else is readable
         postgres = mlflow = None
         try:
-            postgres = Postgres.start(folder / "pgdata")
+            postgres = Postgres.start(folder / "pgdata", durable=durable)
             mlflow = MlflowServer(folder, postgres.uri, port or free_port(), secrets.token_urlsafe(18), workers)
             server = cls(folder, postgres, mlflow, owned)
             server.write_env_file()
@@ -265,7 +274,7 @@ class TeamServer:
 
     def stop(self) -> None:
         self.mlflow.stop()
-        self.postgres.stop()
+        self.postgres.stop(immediate=self.owned)  # a cluster about to be deleted needs no checkpoint
         if self.owned:
             shutil.rmtree(self.folder, ignore_errors=True)
 
