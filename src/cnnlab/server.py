@@ -287,8 +287,9 @@ class TeamServer:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cnnlab.server", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dir", type=Path, help="keep the server's files here (default: a new temporary "
-                                                 "folder, deleted at exit)")
+    parser.add_argument("--dir", type=Path, help="keep the server's files here (a new or empty folder the "
+                                                 "postgres user can reach; default: a new temporary folder, "
+                                                 "deleted at exit)")
     parser.add_argument("--port", type=int, help="the MLflow server's port (default: a free one)")
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers (default 2)")
     args = parser.parse_args(argv)
