@@ -11,7 +11,8 @@ and, against it, with real `run.py` processes:
    the same port: exit code, status, validation points (40 expected);
 3. load: `--jobs` (8) parallel sweep jobs with `trainer.eval_every=1` (authenticated runs): metric
    points counted in PostgreSQL (psql on the `metrics` table) against the number the jobs logged
-   (steps × 4 per job), duplicates, and the latency of a logging call: a client beside the jobs
+   (steps × 4 per job: train and validation loss/accuracy in one call per evaluation;
+   `trainer.log_every=null`), duplicates, and the latency of a logging call: a client beside the jobs
    times `log_batch` calls of 4 metrics (one evaluation's worth) every 50 ms while they run.
 Stops everything it started, by PID.
 """
@@ -120,7 +121,7 @@ def load(server: TeamServer, client, jobs: int, steps: int) -> None:
 
     seeds = ",".join(str(i) for i in range(1, jobs + 1))
     args = ["-m", *TINY, "tracking.experiment=load", f"trainer.seed={seeds}", f"trainer.steps={steps}",
-            "trainer.eval_every=1", "dataset.val_size=1000", f"hydra.launcher.n_jobs={jobs}"]
+            "trainer.eval_every=1", "trainer.log_every=null", "dataset.val_size=1000", f"hydra.launcher.n_jobs={jobs}"]
     thread = threading.Thread(target=probe_loop, daemon=True)
     started = time.monotonic()
     thread.start()

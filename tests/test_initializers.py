@@ -24,7 +24,10 @@ def keras():
 
 
 def load(group: str, name: str) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{name}.yaml"), resolve=True)
+    """One config group's file; a model on MNIST (it takes its shape and class count from the data set)."""
+    both = OmegaConf.create({group: OmegaConf.load(CONF_DIR / group / f"{name}.yaml"),
+                             "dataset": OmegaConf.load(CONF_DIR / "dataset" / "mnist.yaml")})
+    return OmegaConf.to_container(both, resolve=True)[group]
 
 
 def weights(model) -> dict[str, list[np.ndarray]]:

@@ -367,7 +367,10 @@ def test_names_keras_would_reuse_are_rejected_up_front(layers, clash):
 
 
 def shipped(name: str):
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"), resolve=True)
+    """A shipped model on MNIST: its shape and class count come from the data set (`${dataset.…}`)."""
+    both = OmegaConf.create({"model": OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"),
+                             "dataset": OmegaConf.load(CONF_DIR / "dataset" / "mnist.yaml")})
+    cfg = OmegaConf.to_container(both, resolve=True)["model"]
     init = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "init" / "he.yaml"))
     return check_model(cfg, init)
 

@@ -32,6 +32,7 @@ def test_pipelines_yield_identical_batches(shuffle):
     for a, b, c in zip(numpy_stream, gathered, tf_data):
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[0], c[0])
+        np.testing.assert_array_equal(a[1], b[1])
         np.testing.assert_array_equal(a[1], c[1])
         np.testing.assert_array_equal(a[0][:, 0, 0, 0], a[1] * 4.0)  # images stay with their labels
 
@@ -123,4 +124,6 @@ def test_a_resumed_stream_starts_at_its_batch(pipeline):
     resumed = as_numpy(training_batches(x, y, trainer, STEPS, start=7).fit_input)
     assert len(resumed) == STEPS - 7
     for a, b in zip(whole[7:], resumed):
+        np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
+        np.testing.assert_array_equal(b[0][:, 0, 0, 0], b[1] * 4.0)  # each image with its own label

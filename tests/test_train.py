@@ -57,8 +57,9 @@ def test_run_is_fully_recorded(compose, tmp_path):
     assert r.data.metrics["test_accuracy"] == pytest.approx(result["test_accuracy"])
     history = client.get_metric_history(r.info.run_id, "val_accuracy")
     assert [m.step for m in history] == [20, 40]
-    for name in ("train_loss", "train_accuracy", "val_loss"):
-        assert len(client.get_metric_history(r.info.run_id, name)) == 2
+    assert len(client.get_metric_history(r.info.run_id, "val_loss")) == 2
+    for name in ("train_loss", "train_accuracy"):  # trainer.log_every=10
+        assert [m.step for m in client.get_metric_history(r.info.run_id, name)] == [10, 20, 30, 40]
     artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
     assert {"config.yaml", "shape_table.txt", "learning_curve.png", "confusion_matrix.png",
             "model.keras"} <= artifacts
@@ -81,6 +82,26 @@ def test_saved_model_reloads_and_predicts_like_the_run(compose, tmp_path):
     data = load_data(run.dataset)
     accuracy = (model.predict(data.x_test, verbose=0).argmax(-1) == data.y_test).mean()
     assert accuracy == pytest.approx(result["test_accuracy"])
+
+
+def test_log_every_windows_average_to_each_evaluations_train_means(compose):
+    """`trainer.log_every`: means over k steps, exact (the evaluation's train means are over its whole chunk)."""
+    import numpy as np
+
+    from cnnlab.data import load_data
+    from cnnlab.fit import fit
+    from cnnlab.train import prepare_model
+
+    run = check_config(compose(*FAST, "tracking=none", "trainer.log_every=5"))
+    model, _, _ = prepare_model(run, 40)
+    evals, logs = [], []
+    fit(model, load_data(run.dataset), run.trainer, on_eval=lambda s, m: evals.append((s, m)),
+        on_log=lambda s, m: logs.append((s, m)))
+    assert [s for s, _ in logs] == [5, 10, 15, 20, 25, 30, 35, 40] and [s for s, _ in evals] == [20, 40]
+    for step, chunk in evals:
+        for name in ("train_loss", "train_accuracy"):
+            windows = [m[name] for s, m in logs if step - 20 < s <= step]
+            assert np.mean(windows) == pytest.approx(chunk[name], rel=1e-5, abs=1e-6)
 
 
 def test_tracking_none_writes_no_store(compose, tmp_path, monkeypatch):
@@ -118,7 +139,7 @@ def test_fast_paths_train(compose, fast_path):
     result = train(check_config(compose(*FAST, "tracking=none", fast_path)))
     assert result["test_accuracy"] > 0.9  # chance is 0.1
     assert result["steps"] == 40
-    # steps 2..N (or after the first execution), not one per callback: 40 steps of 32 in well under a minute
+    # steps 2..N (or after the first execution), not one per callback: 40 steps of 100 images
     assert result["images_per_second"] > 100
 
 
@@ -243,7 +264,7 @@ def test_real_mnist_small_budget(compose):
     run = check_config(compose("model=tiny", "optimizer=adam", "optimizer.lr=0.01", "trainer.steps=150",
                                "trainer.eval_every=50", "dataset.test_size=2000", "tracking=none",
                                "trainer.verbose=0"))
-    assert len(run.dataset) and run.dataset["val_size"] == 5000
+    assert run.dataset["name"] == "mnist" and run.dataset["val_size"] == 5000 and run.dataset["train_size"] is None
     result = train(run)
     assert result["test_accuracy"] > 0.7
 

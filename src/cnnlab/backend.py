@@ -1,19 +1,64 @@
 """Import Keras once, quietly, with the settings cnnlab wants; describe the device it runs on.
 
-`from cnnlab.backend import keras` is the one place the heavy import
-happens, so config-only paths never pay for it.
+Every module takes Keras from here (`from cnnlab.backend import keras`, inside the
+functions that need it), so config-only paths never pay for the import and the
+settings below always apply first.
+
+The backends' native libraries write start-up lines straight to file descriptor 2
+(absl's "All log messages before absl::InitializeLog()", CUDA probes on a machine
+without a GPU); `TF_CPP_MIN_LOG_LEVEL` does not reach absl. They are held back while
+Keras imports and its devices are listed, and replayed if that fails.
+`CNNLAB_VERBOSE=1` shows them as they come.
 """
 
+import contextlib
 import os
+import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ start-up chatter
 # concurrent sweep jobs share one GPU: no backend may grab all of its memory up front
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
-import keras  # noqa: E402
 
-__all__ = ["keras", "device_name", "make_deterministic", "bfloat16_is_native", "dtype_policy"]
+@contextlib.contextmanager
+def native_stderr_held_back():
+    """Send fd 2 to a temporary file for the block; replay it to stderr if the block raises."""
+    if os.environ.get("CNNLAB_VERBOSE", "0") not in ("", "0") or not hasattr(os, "dup"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+with native_stderr_held_back():
+    import keras  # noqa: E402
+
+    if keras.backend.backend() == "tensorflow":  # the CUDA probe ("failed call to cuInit") happens here
+        import tensorflow as _tf
+
+        _tf.config.list_physical_devices()
+
+__all__ = ["keras", "iterations", "device_name", "make_deterministic", "bfloat16_is_native", "dtype_policy"]
+
+
+def iterations(model) -> int:
+    """Optimizer steps taken so far (backend-agnostic)."""
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
 def device_name() -> str:

@@ -41,7 +41,6 @@ class Row:
     name: str
     kind: LayerKind
     args: dict
-    input_shape: tuple
     output_shape: tuple
     params: int
     kernel_init: dict | None  # resolved init spec, None for layers without weights
@@ -90,7 +89,7 @@ def check_model(model_cfg, init_cfg, path: str = "model", init_path: str = "init
         args = kind.check_args(values, layer_path)
         kind.check_input(shape_in, layer_path, source)
         shape_out = kind.output_shape(shape_in, args, layer_path)
-        rows.append(Row(name, kind, args, shape_in, shape_out, kind.param_count(shape_in, args), None, None))
+        rows.append(Row(name, kind, args, shape_out, kind.param_count(shape_in, args), None, None))
         if isinstance(args.get("padding"), tuple):  # explicit padding adds a ZeroPadding2D named <name>_pad
             padding_layers.add(f"{name}_pad")
         shape_in, source = shape_out, name
@@ -135,7 +134,7 @@ def shape_table(arch: Architecture) -> str:
 
 def build_model(arch: Architecture, seed: int):
     """Make the `keras.Model`; each weighted layer gets its own seeded initializer instances."""
-    import keras
+    from cnnlab.backend import keras
 
     inputs = keras.Input(shape=arch.input_shape, name="input")
     x = inputs

@@ -112,7 +112,7 @@ def _check_room(model, folder: Path) -> None:
 
 def save(model, folder: Path, extra: dict | None = None) -> int:
     """Write a checkpoint of `model` at its current step (atomically); returns the step."""
-    from cnnlab.fit import iterations
+    from cnnlab.backend import iterations
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -147,7 +147,7 @@ def checkpointer(folder: Path, every: int, chunk: int, steps: int):
     comes after `fit.Monitor`), so a resumed run never misses, nor repeats, an evaluation.
     """
     from cnnlab.backend import keras
-    from cnnlab.fit import iterations
+    from cnnlab.backend import iterations
 
     class Checkpointer(keras.callbacks.Callback):
         """Not `keras.callbacks.BackupAndRestore`, whose Keras 3 version writes its files in place

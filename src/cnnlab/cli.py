@@ -118,6 +118,13 @@ def _report(e: BaseException, hydra_errors: tuple) -> None:
         fail(yaml_message(yaml_error(e)))
     if isinstance(e, ValueError) and _raised_by_hydra(e):
         fail(one_line(e))  # command-line misuse, e.g. `-m` together with `--cfg`
+    from hydra.errors import OverrideParseException
+
+    if isinstance(e, OverrideParseException):  # Hydra names the override in only some of its messages
+        detail = str(e.message).split("\nSee https://hydra.cc")[0]
+        detail = detail.replace(f"Error parsing override '{e.override}'", "").replace(e.override, "")
+        fail(f"override {e.override!r}: {one_line(detail.replace('^', '')) or 'cannot be parsed'}"
+             " (see https://hydra.cc/docs/advanced/override_grammar/basic)")
     if isinstance(e, hydra_errors):
         message = str(e).split("Config search path")[0]  # Hydra appends its search path to lookups
         cause = e.__cause__

@@ -55,27 +55,3 @@ def diagnostics_metrics(diag: dict) -> dict[str, float]:
             out[f"init.preact_std.{row['name']}"] = row["preact_std"]
         out[f"init.act_std.{row['name']}"] = row["act_std"]
     return out
-
-
-def plot_diagnostics(series: dict[str, dict], path, title: str = "activation scale at initialisation") -> None:
-    """Per-layer std (log scale), one line per labelled diagnostics dict, pre-activations dashed."""
-    from cnnlab.plots import pyplot
-
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    for label, diag in series.items():
-        names = [r["name"] for r in diag["layers"]]
-        x = np.arange(len(names))
-        act = [r["act_std"] for r in diag["layers"]]
-        pre = [np.nan if r["preact_std"] is None else r["preact_std"] for r in diag["layers"]]
-        (line,) = ax.plot(x, act, "-o", label=f"{label}: activation")
-        ax.plot(x, pre, "--s", color=line.get_color(), alpha=0.7, label=f"{label}: pre-activation")
-        ax.set_xticks(x, names, rotation=30)
-    ax.set_yscale("log")
-    ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set(ylabel="standard deviation over one batch", title=title)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -32,7 +32,6 @@ Check = Callable[[Any, str], Any]
 class Field:
     check: Check
     default: Any = REQUIRED
-    doc: str = ""
 
 
 def show(value: Any) -> str:

@@ -16,14 +16,9 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
-from cnnlab.backend import keras
+from cnnlab.backend import iterations, keras
 from cnnlab.errors import Diverged, Interrupted
 from cnnlab.pipeline import training_batches, validation_input
-
-
-def iterations(model) -> int:
-    """Optimizer steps taken so far (backend-agnostic)."""
-    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
 class Monitor(keras.callbacks.Callback):
@@ -63,6 +58,64 @@ class Monitor(keras.callbacks.Callback):
             if key in logs
         }
         self.on_eval(iterations(self.model), metrics)
+
+
+class TrainLog(keras.callbacks.Callback):
+    """`trainer.log_every`: train loss/accuracy every k steps, each the mean over those k steps.
+
+    Keras reports running means since the chunk began, so the mean of the last steps is
+    a difference of running sums: exact, and no extra work in the training step.
+    """
+
+    def __init__(self, every: int, on_log):
+        super().__init__()
+        self.every, self.on_log = every, on_log
+        self._first = 0  # the step the current chunk began at
+        self._sums: dict[str, float] = {}
+        self._seen = 0  # steps of this chunk already logged
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._first, self._sums, self._seen = iterations(self.model), {}, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        n = batch + 1  # steps of this chunk so far (batch is the last step's index, also with steps_per_execution)
+        step = self._first + n
+        if step % self.every or n == self._seen or not logs:
+            return
+        metrics = {}
+        for name, key in (("train_loss", "loss"), ("train_accuracy", "accuracy")):
+            if key in logs:
+                total = float(logs[key]) * n
+                metrics[name] = (total - self._sums.get(name, 0.0)) / (n - self._seen)
+                self._sums[name] = total
+        self._seen = n
+        self.on_log(step, metrics)
+
+
+class Progress(keras.callbacks.Callback):
+    """Progress over the whole step budget (Keras's own bar counts "epochs", here evaluation chunks).
+
+    `verbose=1`: a Keras progress bar of steps, and a line at each evaluation; 2: only the lines.
+    """
+
+    def __init__(self, steps: int, verbose: int):
+        super().__init__()
+        self.steps, self.verbose = steps, verbose
+        self.bar = keras.utils.Progbar(steps, verbose=1, stateful_metrics=["loss", "accuracy"],
+                                       unit_name="step") if verbose == 1 else None
+        self._first = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._first = iterations(self.model)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.bar:
+            self.bar.update(self._first + batch + 1, [(k, float(v)) for k, v in (logs or {}).items()
+                                                        if k in ("loss", "accuracy")])
+
+    def line(self, step: int, metrics: dict) -> None:
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        print(("\n" if self.bar else "") + f"step {step}/{self.steps}  {shown}", flush=True)
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -141,9 +194,19 @@ def total_steps(trainer: dict, n_train: int) -> int:
     return trainer["steps"] or trainer["epochs"] * per_epoch
 
 
-def fit(model, data, trainer: dict, on_eval=None, check=None, start: int = 0, checkpoint_dir=None) -> FitResult:
+def progress_mode(verbose) -> int:
+    """`trainer.verbose`: auto is a progress bar on a terminal, else a line per evaluation."""
+    import sys
+
+    return verbose if verbose != "auto" else (1 if sys.stdout.isatty() else 2)
+
+
+def fit(model, data, trainer: dict, on_eval=None, check=None, start: int = 0, checkpoint_dir=None,
+        on_log=None) -> FitResult:
     """Train a compiled model on `data` for the trainer's budget; never raises on divergence.
 
+    `on_eval(step, metrics)` gets each evaluation (train and validation means over the
+    chunk); `on_log(step, metrics)` the train means every `trainer.log_every` steps.
     `check()` runs after every step; if it raises, training stops there and `fit` raises it.
     `start`: the step a restored model is at (`cnnlab.checkpoints`); training goes on from
     batch `start` with evaluations at the same steps as a run from 0. `checkpoint_dir`: where
@@ -156,19 +219,25 @@ def fit(model, data, trainer: dict, on_eval=None, check=None, start: int = 0, ch
     best = checkpoints.BestWeights(checkpoint_dir, trainer["keep_best"]) \
         if checkpoint_dir and trainer.get("keep_best") else None
 
+    steps = total_steps(trainer, len(data.x_train))
+    progress = Progress(steps, progress_mode(trainer["verbose"]))
+
     def record(step, metrics):
         result.history.append({"step": step, **metrics})
         if best:
             best.update(model, step, metrics)
         if on_eval:
             on_eval(step, metrics)
+        if progress.verbose:
+            progress.line(step, metrics)
 
-    steps = total_steps(trainer, len(data.x_train))
     per_epoch = math.ceil(len(data.x_train) / trainer["batch_size"])
     chunk = min(trainer["eval_every"] or per_epoch, steps)
     monitor = Monitor(record, trainer["max_loss"], check)
     timer = StepTimer(trainer["batch_size"])
-    callbacks = [timer, monitor]
+    callbacks = [timer, monitor, progress]
+    if on_log and trainer.get("log_every"):
+        callbacks.append(TrainLog(trainer["log_every"], on_log))
     if trainer["early_stopping"]:
         callbacks.append(keras.callbacks.EarlyStopping(**trainer["early_stopping"]))
     every = checkpoints.interval(trainer) if checkpoint_dir else None
@@ -193,7 +262,7 @@ def fit(model, data, trainer: dict, on_eval=None, check=None, start: int = 0, ch
                 shuffle=False,  # the order is the pipeline's; Keras would otherwise permute a PyDataset's batches
                 **validation_input(data.x_val, data.y_val),
                 callbacks=callbacks,
-                verbose=trainer["verbose"],
+                verbose=0,  # `Progress` shows the run's steps instead of Keras's per-chunk "epochs"
             )
             batches.release()  # TF's generator registry may outlive the job: keep it from pinning the data
     if monitor.interrupted:

@@ -117,7 +117,7 @@ def layer_seed(run_seed: int, position: int, slot: int) -> int:
 
 def make_initializer(spec: dict, seed: int):
     """A fresh Keras initializer instance for one weight of one layer."""
-    import keras
+    from cnnlab.backend import keras
 
     scheme = SCHEMES[spec["scheme"]]
     kwargs = {k: v for k, v in spec.items() if k != "scheme"}

@@ -200,7 +200,7 @@ class Conv2D(LayerKind):
         return kh * kw * shape[2] * args["filters"] + (args["filters"] if args["use_bias"] else 0)
 
     def build(self, name, args, kernel_init=None, bias_init=None):
-        import keras
+        from cnnlab.backend import keras
 
         pad = args["padding"]
         layers = []
@@ -243,7 +243,7 @@ class _Pool(LayerKind):
         return (h, w, shape[2])
 
     def build(self, name, args, kernel_init=None, bias_init=None):
-        import keras
+        from cnnlab.backend import keras
 
         cls = getattr(keras.layers, self.keras_class)
         return [cls(pool_size=args["pool_size"], strides=args["strides"], padding=args["padding"], name=name)]
@@ -268,7 +268,7 @@ class _GlobalPool(LayerKind):
         return (shape[2],)
 
     def build(self, name, args, kernel_init=None, bias_init=None):
-        import keras
+        from cnnlab.backend import keras
 
         return [getattr(keras.layers, self.keras_class)(name=name)]
 
@@ -291,7 +291,7 @@ class Flatten(LayerKind):
         return (math.prod(shape),)
 
     def build(self, name, args, kernel_init=None, bias_init=None):
-        import keras
+        from cnnlab.backend import keras
 
         return [keras.layers.Flatten(name=name)]
 
@@ -314,7 +314,7 @@ class Dense(LayerKind):
         return shape[0] * args["units"] + (args["units"] if args["use_bias"] else 0)
 
     def build(self, name, args, kernel_init=None, bias_init=None):
-        import keras
+        from cnnlab.backend import keras
 
         return [
             keras.layers.Dense(
@@ -329,7 +329,7 @@ class Dropout(LayerKind):
     args = {"rate": Field(fraction)}
 
     def build(self, name, args, kernel_init=None, bias_init=None):
-        import keras
+        from cnnlab.backend import keras
 
         return [keras.layers.Dropout(args["rate"], name=name)]
 
@@ -342,7 +342,7 @@ class BatchNorm(LayerKind):
         return 4 * shape[-1]  # gamma, beta (trained) + moving mean, variance (Keras counts all four)
 
     def build(self, name, args, kernel_init=None, bias_init=None):
-        import keras
+        from cnnlab.backend import keras
 
         return [keras.layers.BatchNormalization(momentum=args["momentum"], epsilon=args["epsilon"], name=name)]
 
@@ -352,6 +352,6 @@ class Activation(LayerKind):
     args = {"activation": Field(choice(*ACTIVATIONS))}
 
     def build(self, name, args, kernel_init=None, bias_init=None):
-        import keras
+        from cnnlab.backend import keras
 
         return [keras.layers.Activation(args["activation"], name=name)]

@@ -42,7 +42,7 @@ def check_optimizer(cfg, path: str = "optimizer") -> dict:
 
 def make_optimizer(spec: dict, total_steps: int):
     """A fresh Keras optimizer for one run of `total_steps` optimizer steps."""
-    import keras
+    from cnnlab.backend import keras
 
     lr = spec["lr"]
     if spec["schedule"] == "cosine":

@@ -1,4 +1,4 @@
-"""Figures logged with every run: learning curves and the test confusion matrix.
+"""Figures logged with every run: init diagnostics, learning curves and the test confusion matrix.
 
 Matplotlib with the Agg backend, so plots render on machines with no screen.
 """
@@ -72,10 +72,30 @@ def confusion_matrix(matrix: np.ndarray, title: str, path) -> None:
     plt.close(fig)
 
 
+def plot_diagnostics(series: dict[str, dict], path, title: str = "activation scale at initialisation") -> None:
+    """Per-layer std (log scale), one line per labelled diagnostics dict, pre-activations dashed."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for label, diag in series.items():
+        names = [r["name"] for r in diag["layers"]]
+        x = np.arange(len(names))
+        act = [r["act_std"] for r in diag["layers"]]
+        pre = [np.nan if r["preact_std"] is None else r["preact_std"] for r in diag["layers"]]
+        (line,) = ax.plot(x, act, "-o", label=f"{label}: activation")
+        ax.plot(x, pre, "--s", color=line.get_color(), alpha=0.7, label=f"{label}: pre-activation")
+        ax.set_xticks(x, names, rotation=30)
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set(ylabel="standard deviation over one batch", title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def run_figures(folder: Path, name: str, history: list[dict], diag: dict) -> None:
     """The figures every run logs before its test pass: init diagnostics and, if any, the learning curve."""
-    from cnnlab.diagnostics import plot_diagnostics
-
     plot_diagnostics({name: diag}, folder / "init_diagnostics.png", f"{name}: activation scale at initialisation")
     if history:
         learning_curve(history, name, folder / "learning_curve.png")

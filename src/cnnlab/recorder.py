@@ -10,9 +10,9 @@ next `check` as TrackingError, so training stops within a step.
 
 Example:
     >>> rec = Recorder()                                      # doctest: +SKIP
-    >>> rec.start("sqlite:////tmp/x/mlflow.db", "demo", "my-run")
-    >>> rec.log_eval(100, {"val_accuracy": 0.9})              # returns at once
-    >>> rec.end("FINISHED")                                   # waits for all of it
+    >>> rec.start("sqlite:////tmp/x/mlflow.db", "demo", "my-run")  # doctest: +SKIP
+    >>> rec.log_eval(100, {"val_accuracy": 0.9})              # doctest: +SKIP
+    >>> rec.end("FINISHED")  # waits for all of it          # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ PUBLISHED = {  # "Learn TensorFlow Now" part 5: the numbers the tutorial printed
 GRID_INITS = ("normal", "normal_005", "glorot", "he", "lecun")
 
 
-def record(client, run, name: str) -> dict:
+def record(run, name: str) -> dict:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     return {
         "name": name,
@@ -54,7 +54,7 @@ def collect(client, experiment: str) -> tuple[list[dict], dict]:
     for name in ("ltfn5_published", "ltfn6_published"):
         run = newest(client, exp.experiment_id, f"attributes.run_name = '{name}' and attributes.status != 'RUNNING'")
         if run:
-            records.append(record(client, run, name))
+            records.append(record(run, name))
             runs[name] = run
     parent = newest(client, exp.experiment_id, "tags.`cnnlab.sweep` = 'parent' and params.`sweep.keys` LIKE '%init%'")
     if parent:
@@ -63,7 +63,7 @@ def collect(client, experiment: str) -> tuple[list[dict], dict]:
                                       order_by=["attributes.start_time DESC"])
         # a job re-run after a sweep resume has two children: the newest one counts
         children = list({c.info.run_name: c for c in reversed(children)}.values())
-        cells = [record(client, c, "") for c in children]
+        cells = [record(c, "") for c in children]
         for cell in cells:
             cell["name"] = f"grid/init={cell['init']},lr={cell['lr']:g}"
         order = {init: i for i, init in enumerate(GRID_INITS)}
@@ -152,7 +152,7 @@ python run.py -m +experiment=ltfn_init_grid hydra.launcher.n_jobs=2   # 5 inits 
 python -m cnnlab.report                            # this file, results.json and the plots"""
 
 
-def markdown(records: list[dict], runs: dict, plots: list[str], diags: dict) -> str:
+def markdown(records: list[dict], plots: list[str], diags: dict) -> str:
     by_name = {r["name"]: r for r in records}
     cells = [r for r in records if r["name"].startswith("grid/")]
     lines = [
@@ -228,7 +228,7 @@ def markdown(records: list[dict], runs: dict, plots: list[str], diags: dict) -> 
 
 
 def findings(by_name: dict, cells: list[dict]) -> list[str]:
-    """Sentences computed from the results (no hand-typed numbers)."""
+    """Sentences from the results; the published LTFN numbers they compare with are the constants in PUBLISHED."""
     out = []
     p5, p6 = by_name.get("ltfn5_published"), by_name.get("ltfn6_published")
     if p5 and p5["test_accuracy"] is not None:
@@ -287,7 +287,7 @@ def findings(by_name: dict, cells: list[dict]) -> list[str]:
 
 
 def write_report(client, experiment: str, out: Path) -> list[dict]:
-    from cnnlab.diagnostics import plot_diagnostics
+    from cnnlab.plots import plot_diagnostics
 
     records, runs = collect(client, experiment)
     out.mkdir(parents=True, exist_ok=True)
@@ -309,7 +309,7 @@ def write_report(client, experiment: str, out: Path) -> list[dict]:
     if cells:
         grid_plot(cells, out / "grid_test_accuracy.png")
         plots.append("grid_test_accuracy.png")
-    (out / "REPORT.md").write_text(markdown(records, runs, plots, diags))
+    (out / "REPORT.md").write_text(markdown(records, plots, diags))
     return records
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cnnlab.errors import ConfigError
 
-IGNORED = {"resume", "dry_run", "trainer.verbose", "trainer.checkpoint_every", "trainer.checkpoint_dir",
+IGNORED = {"resume", "dry_run", "trainer.verbose", "trainer.log_every", "trainer.checkpoint_every", "trainer.checkpoint_dir",
            "trainer.keep_best"}
 BUDGET = ("trainer.steps", "trainer.epochs")  # may grow, not shrink
 RESUMABLE = ("KILLED", "FAILED")

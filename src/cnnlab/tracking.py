@@ -134,9 +134,8 @@ class Tracker:
         from mlflow.entities import Param
 
         items = [Param(k, v[:6000]) for k, v in params.items() if ("param", k) not in (self.logged or ())]
-        with self._clock():
-            for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-                self.client.log_batch(self.run_id, params=items[i : i + 100])
+        with self._clock():  # MlflowClient.log_batch splits into requests of at most 100 params itself
+            self.client.log_batch(self.run_id, params=items)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag

@@ -134,8 +134,13 @@ def train_and_record(run, data, recorder, name: str, overrides, choices) -> dict
         recorder.tag({"resumed_from_step": str(start), "resumable": "false"})
 
     started = time.perf_counter()
-    result = fit(model, data, run.trainer, on_eval=recorder.log_eval, check=recorder.check, start=start,
-                 checkpoint_dir=saves)
+    if run.trainer["log_every"]:  # train metrics come every log_every steps: evaluations add validation only
+        def on_eval(step, metrics):
+            recorder.log_eval(step, {k: v for k, v in metrics.items() if not k.startswith("train_")})
+    else:
+        on_eval = recorder.log_eval
+    result = fit(model, data, run.trainer, on_eval=on_eval, check=recorder.check, start=start,
+                 checkpoint_dir=saves, on_log=recorder.log_eval)
     seconds = time.perf_counter() - started
     final, predicted, tags = {"initial_loss": diag["initial_loss"]}, None, {}
     if result.diverged:

@@ -64,6 +64,7 @@ TRAINER_FIELDS = {
     "eval_every": Field(optional(positive_int), 100),
     "early_stopping": Field(optional(_early_stopping), None),
     "verbose": Field(_verbose, "auto"),
+    "log_every": Field(optional(positive_int), 10),  # train loss/accuracy every N steps; null: at evaluations only
     # a loss this large is divergence too: N(0,1) weights at a high lr blow up to ~1e26 and then
     # their ReLUs die (the loss falls back to log(10)) without ever reaching NaN
     "max_loss": Field(optional(positive_number), 1e12),
