@@ -167,7 +167,7 @@ def test_wrong_password_is_one_line_exit_2_before_training(server, client):
     out = run_cli(*FAST, "tracking.experiment=wrong-password", env=env, timeout=60)
     seconds = time.monotonic() - started
     assert out.returncode == 2, out.stderr[-2000:]
-    assert seconds < 10
+    assert seconds < 15  # the acceptance bound (issue 13); ~2-4 s measured, more on a loaded CI machine
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "'admin'" in lines[0] and "401" in lines[0], out.stderr
     assert "not-the-password-x9" not in out.stdout + out.stderr
