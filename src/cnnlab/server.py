@@ -105,8 +105,12 @@ class Postgres:
         pg.log.touch()
         if os.geteuid() == 0:
             shutil.chown(pg.log, "postgres", "postgres")
-        pg._as_owner("pg_ctl", "-D", str(folder), "-o", options, "-l", str(pg.log), "-w", "-t", "60", "start")
-        pg._as_owner("createdb", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "mlflow", "mlflow")
+        try:
+            pg._as_owner("pg_ctl", "-D", str(folder), "-o", options, "-l", str(pg.log), "-w", "-t", "60", "start")
+            pg._as_owner("createdb", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "mlflow", "mlflow")
+        except BaseException:
+            pg.stop(immediate=True)  # started, then failed: not left running
+            raise
         return pg
 
     def _as_owner(self, tool: str, *args: str) -> None:
