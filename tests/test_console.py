@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import REPO
 
@@ -19,7 +20,7 @@ EXPECTED = [
 def test_a_run_prints_progress_lines_and_no_start_up_noise(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "CNNLAB_VERBOSE")}
     p = subprocess.run([sys.executable, "run.py", "model=tiny", "dataset=synthetic", "trainer.steps=200",
-                        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"], cwd=REPO, env=env,
+                        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"hydra.run.dir={tmp_path}/out"], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     lines = (p.stdout + p.stderr).splitlines()  # not a terminal: verbose=auto prints a line per evaluation
@@ -32,3 +33,9 @@ def test_a_run_prints_progress_lines_and_no_start_up_noise(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 20  # trainer.log_every=10
+
+    # Hydra's run folder keeps the run's log; the MLflow run has it up to its upload
+    local = (tmp_path / "out" / "run.log").read_text()
+    assert all(line in local for line in lines)
+    uploaded = Path(client.download_artifacts(run.info.run_id, "run.log", str(tmp_path))).read_text()
+    assert lines[0] in uploaded and lines[1] in uploaded

@@ -26,7 +26,9 @@ EXIT_TRACKING = 4  # the record broke mid-run (store failed, helper died, checkp
 def fail(message: str, code: int = EXIT_CONFIG):
     from cnnlab.config_guard import redact_text
 
-    print(f"error: {redact_text(message)}", file=sys.stderr)
+    from cnnlab.runlog import say
+
+    say(f"error: {redact_text(message)}", error=True)
     sys.exit(code)
 
 
@@ -260,14 +262,16 @@ def dry_run(cfg, run) -> None:
 
     from cnnlab.builder import build_model, shape_table, verify_model
 
-    print(OmegaConf.to_yaml(OmegaConf.create(run.resolved)))  # secrets redacted
-    print(shape_table(run.arch))
+    from cnnlab.runlog import say
+
+    say(OmegaConf.to_yaml(OmegaConf.create(run.resolved)))  # secrets redacted
+    say(shape_table(run.arch))
     from cnnlab.memory import estimate
 
-    print(estimate(run.arch, run.trainer["batch_size"]).summary(run.trainer["memory_budget_mb"]))
+    say(estimate(run.arch, run.trainer["batch_size"]).summary(run.trainer["memory_budget_mb"]))
     from cnnlab.backend import keras
 
     model = build_model(run.arch, run.trainer["seed"])
     verify_model(run.arch, model)
-    print(f"Keras {keras.__version__} ({keras.backend.backend()}) built the same model: "
+    say(f"Keras {keras.__version__} ({keras.backend.backend()}) built the same model: "
           f"{model.count_params():,} parameters, output {tuple(model.output.shape)}")

@@ -115,7 +115,11 @@ class Progress(keras.callbacks.Callback):
 
     def line(self, step: int, metrics: dict) -> None:
         shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-        print(("\n" if self.bar else "") + f"step {step}/{self.steps}  {shown}", flush=True)
+        from cnnlab.runlog import say
+
+        if self.bar:
+            print(flush=True)  # off the bar's line
+        say(f"step {step}/{self.steps}  {shown}")
 
 
 class StepTimer(keras.callbacks.Callback):

@@ -22,6 +22,7 @@ from cnnlab.checkpoints import checkpoint_root, latest, remove, restore
 from cnnlab.data import load_data
 from cnnlab.errors import ConfigError
 from cnnlab.plots import confusion_counts, confusion_matrix, run_figures
+from cnnlab.runlog import log_path, say
 from cnnlab.recorder import NullRecorder, Recorder, TrackingError, run_files, run_tags
 from cnnlab.store import check_store, redact_uri
 from cnnlab.tracking import flatten, tracking_uri
@@ -81,7 +82,7 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
 
         done, run = job_plan(run, overrides)
         if done is not None:
-            print(f"{name or run_name(run, choices)}: FINISHED before the resume, not re-run "
+            say(f"{name or run_name(run, choices)}: FINISHED before the resume, not re-run "
                   f"(val_accuracy={done['val_accuracy']}), MLflow run {done['run_id']}")
             return done
     resume = resume_request(run, parent_run_id)
@@ -111,7 +112,7 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
         print(f"warning: tracking: the MLflow server at {redact_uri(recorder.uri)!r} stopped answering; "
               f"run {recorder.run_id} is complete in {recorder.spooled}: upload it with "
               f"`python -m cnnlab.spool {recorder.spooled}` once the server is back", file=sys.stderr)
-    print(f"{name}: test_accuracy={final['test_accuracy']:.4f} test_loss={final['test_loss']:.4f} "
+    say(f"{name}: test_accuracy={final['test_accuracy']:.4f} test_loss={final['test_loss']:.4f} "
           f"({final['steps']} steps in {final['train_seconds']:.1f} s)"
           + (f", MLflow run {recorder.run_id}" if recorder.enabled else ""))
     return {**final, "run_id": recorder.run_id}
@@ -160,6 +161,8 @@ def train_and_record(run, data, recorder, name: str, overrides, choices) -> dict
         folder = run_files(run, model if predicted is not None else None)
         if result.best and predicted is not None:  # trainer.keep_best: beside model.keras
             shutil.copy(saves / "best.weights.h5", folder / "best.weights.h5")
+        if log_path() and log_path().is_file():  # the job's log so far (Hydra's run.log): the run's console
+            shutil.copy(log_path(), folder / "run.log")
         figures = [(run_figures, folder, name, result.history, diag)]
         if predicted is not None:
             matrix = confusion_counts(data.y_test, predicted, run.dataset["num_classes"])  # small to send
