@@ -32,6 +32,13 @@ from cnnlab.store import REPO_ROOT
 from cnnlab.tracking_worker import receive_fd, send
 
 
+def close_seconds() -> float:
+    """How long the helper may take for its last calls: a server outage is waited out (then spooled)."""
+    from cnnlab.store import OUTAGE_ENV, OUTAGE_SECONDS
+
+    return float(os.environ.get(OUTAGE_ENV, OUTAGE_SECONDS)) + 60
+
+
 class TrackingError(RuntimeError):
     """Tracking failed: a call failed in the helper process, or the helper died. Starts with the cause."""
 
@@ -54,6 +61,7 @@ class Recorder:
         self.run_id: str | None = None
         self.uri: str | None = None
         self.error: str | None = None  # the first failure the helper reported
+        self.spooled: str | None = None  # the folder keeping what the server could not take (cnnlab.spool)
 
     # --- the run's life, in order -------------------------------------------------------------
     def start(self, uri: str, experiment: str, run_name: str, parent_run_id: str | None = None,
@@ -117,6 +125,7 @@ class Recorder:
             raise
         finally:
             self._send("end", status)
+            self._last_reply()
             self.close()
 
     def end_anyway(self, status: str, cause: BaseException) -> None:
@@ -146,8 +155,8 @@ class Recorder:
                 stream.close()
             except OSError:
                 pass
-        try:
-            self._proc.wait(timeout=60)
+        try:  # the last calls may be waiting out a server outage (cnnlab.spool)
+            self._proc.wait(timeout=close_seconds())
         except subprocess.TimeoutExpired:
             self._proc.kill()
 
@@ -159,11 +168,24 @@ class Recorder:
             self._send("flush")
             while (reply := self._receive()) is None:
                 pass  # an error report came first: the flush reply follows it
-            error, self.run_id, self.seconds = reply
+            error, self.run_id, self.seconds, self.spooled = reply
         finally:
             self.waited += time.perf_counter() - started
         if error:
             raise TrackingError(error)
+
+    def _last_reply(self) -> None:
+        """The helper's answer to `end`: whether the end, too, had to be spooled. Bounded; any failure ignored."""
+        fd, error = self._proc.stdout.fileno(), self.error
+        try:
+            deadline = time.monotonic() + close_seconds()
+            while select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                reply = self._receive()
+                if reply is not None:
+                    self.spooled = reply[3] or self.spooled
+                    return
+        except (TrackingError, OSError, ValueError):
+            self.error = error  # a helper gone after the end is no new failure
 
     def _receive(self):
         """The next message: a flush reply (returned), or an error report (kept in `error`; None)."""
@@ -194,7 +216,7 @@ class NullRecorder(Recorder):
 
     def __init__(self):
         self.waited = self.seconds = 0.0
-        self.run_id = self.uri = self.error = None
+        self.run_id = self.uri = self.error = self.spooled = None
 
     def _send(self, *message) -> None:
         pass

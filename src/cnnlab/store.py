@@ -34,6 +34,7 @@ URI_ENV = "MLFLOW_TRACKING_URI"
 REDACTED = "***"
 _URI_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://)[^/\s?#'\"]*@")
 CONNECT_SECONDS = 5  # one attempt to reach a server or database
+ANSWER_SECONDS = 8  # a busy server checking a password (a slow hash by design) answers within this
 LOCK_SECONDS = 120  # another process creating or migrating the same store
 
 
@@ -158,12 +159,33 @@ def _repair_half_migrated(uri: str, path: Path) -> None:
 
 
 def _probe_server(uri: str) -> None:
+    """One authenticated request (/health needs no login): no server, or refused credentials, is one line.
+
+    Credentials come only from MLflow's own variables ($MLFLOW_TRACKING_USERNAME/PASSWORD or
+    $MLFLOW_TRACKING_TOKEN); a refusal names the user, never the password.
+    """
     import requests
 
-    try:
-        requests.get(uri.rstrip("/") + "/health", timeout=CONNECT_SECONDS)
+    auth, headers, user = None, {}, os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if user is not None:
+        auth = (user, os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
+    verify = (os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() != "true"
+              and (os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True))
+    try:  # any signed-in user may search experiments; MLflow reads the same variables for every call
+        answer = requests.get(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+                              auth=auth, headers=headers, verify=verify, timeout=(CONNECT_SECONDS, ANSWER_SECONDS))
     except requests.RequestException as e:
         raise _refuse(uri, f"no MLflow server answers ({type(e).__name__})") from None
+    if answer.status_code in (401, 403):
+        who = (f"user {user!r} (MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD)" if user is not None else
+               "the token in MLFLOW_TRACKING_TOKEN" if headers else
+               "no credentials (set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)")
+        why = "wrong username or password" if answer.status_code == 401 else "no permission"
+        raise _refuse(uri, f"the server refused {who}: HTTP {answer.status_code}, {why}")
+    if answer.status_code >= 500:
+        raise _refuse(uri, f"the server answers HTTP {answer.status_code} (its database may be down)")
 
 
 def _probe_database(uri: str) -> None:
@@ -188,6 +210,16 @@ def _probe_database(uri: str) -> None:
 # MLflow's HTTP client retries a dead server for ~255 s by default: bounded while a run starts
 QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
               "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+# Mid-run (the helper process, after the run exists): each MLflow call retries briefly, and
+# cnnlab.tracking_worker tries it again every few seconds for up to $CNNLAB_OUTAGE_SECONDS
+# (a restarted server is caught within seconds, not at MLflow's next exponential backoff step);
+# past that the run's calls go to a local spool (cnnlab.spool). User-set values win.
+MIDRUN_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+OUTAGE_ENV = "CNNLAB_OUTAGE_SECONDS"
+OUTAGE_SECONDS = 300
 
 
 @contextlib.contextmanager

@@ -82,7 +82,12 @@ class MlflowSweepCallback(Callback):
         from cnnlab.config_guard import redact_overrides, redact_text
 
         self.keys = keys = swept_keys(config)
-        self.uri, self.experiment = tracking_uri(tracking), tracking["experiment"]
+        try:
+            self.uri, self.experiment = tracking_uri(tracking), tracking["experiment"]
+        except ConfigError as e:  # e.g. tracking=server without $MLFLOW_TRACKING_URI: before any job
+            from cnnlab.cli import fail
+
+            fail(str(e))
         command = redact_text(" ".join(["python", *sys.argv]))
         name = "sweep " + time.strftime("%Y-%m-%d %H:%M:%S")
         overrides = [o for o in redact_overrides(config.hydra.overrides.task) if not o.startswith("resume=")]

@@ -12,12 +12,15 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from cnnlab.errors import ConfigError
 from cnnlab.fields import Field, boolean, check_fields, optional, string
-from cnnlab.store import artifact_location, open_store, resolve_uri
+from cnnlab.store import URI_ENV, artifact_location, open_store, redact_uri, resolve_uri
 
 TRACKING_FIELDS = {
     "enabled": Field(boolean, True),
@@ -25,6 +28,7 @@ TRACKING_FIELDS = {
     "experiment": Field(string, "cnnlab"),
     "run_name": Field(optional(string), None),
     "log_model": Field(boolean, True),
+    "server": Field(boolean, False),  # tracking=server: a team's MLflow server, named by $MLFLOW_TRACKING_URI
 }
 
 
@@ -33,8 +37,19 @@ def check_tracking(cfg, path: str = "tracking") -> dict:
 
 
 def tracking_uri(spec: dict) -> str:
-    """`tracking.uri` > $MLFLOW_TRACKING_URI > SQLite under <repo>/mlruns (MLflow 3 refuses a bare file store)."""
-    return resolve_uri(spec["uri"])
+    """`tracking.uri` > $MLFLOW_TRACKING_URI > SQLite under <repo>/mlruns (MLflow 3 refuses a bare file store).
+
+    With `tracking.server` (tracking=server) the URI must name an http(s) server: no SQLite fallback.
+    """
+    uri = resolve_uri(spec["uri"])
+    if spec.get("server"):
+        if not (spec["uri"] or os.environ.get(URI_ENV)):
+            raise ConfigError(URI_ENV, "not set: tracking=server logs to the MLflow server it names "
+                                       "(export MLFLOW_TRACKING_URI=http://host:port)")
+        if urlsplit(uri).scheme not in ("http", "https"):
+            raise ConfigError(URI_ENV if not spec["uri"] else "tracking.uri",
+                              f"{redact_uri(uri)!r} is not an http(s):// MLflow server, which tracking=server needs")
+    return uri
 
 
 def flatten(tree, prefix: str = "") -> dict[str, str]:
@@ -128,11 +143,14 @@ class Tracker:
         with self._clock():
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
-    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        """One batched call per evaluation; non-finite values are left out (the run's tags tell why)."""
+    def log_metrics(self, step: int, metrics: dict[str, float], timestamp: int | None = None) -> None:
+        """One batched call per evaluation; non-finite values are left out (the run's tags tell why).
+
+        `timestamp` (ms): when the points were measured, if not now (a spooled call, `cnnlab.spool`).
+        """
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
+        now = timestamp or int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()
                  if math.isfinite(v) and (k, step) not in (self.logged or ())]
         if items:
@@ -149,8 +167,10 @@ class Tracker:
                 raise
 
     def _remove_partial(self, folder: Path) -> None:
-        from urllib.parse import unquote, urlsplit
+        from urllib.parse import unquote
 
+        if urlsplit(self.client.tracking_uri).scheme in ("http", "https"):
+            return  # a server receives each file whole or not at all (and may be down: don't ask it)
         uri = urlsplit(self.client.get_run(self.run_id).info.artifact_uri)
         if uri.scheme not in ("", "file"):
             return  # a remote store receives each file whole or not at all

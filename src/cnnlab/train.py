@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -107,6 +108,10 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
         raise
     if release:  # a sweep worker runs the next job in this process; a single run just exits
         release_keras_state()
+    if recorder.spooled:  # the server went away for minutes: what it missed waits on disk (cnnlab.spool)
+        print(f"warning: tracking: the MLflow server at {redact_uri(recorder.uri)!r} stopped answering; "
+              f"run {recorder.run_id} is complete in {recorder.spooled}: upload it with "
+              f"`python -m cnnlab.spool {recorder.spooled}` once the server is back", file=sys.stderr)
     say(f"{name}: test_accuracy={final['test_accuracy']:.4f} test_loss={final['test_loss']:.4f} "
           f"({final['steps']} steps in {final['train_seconds']:.1f} s)"
           + (f", MLflow run {recorder.run_id}" if recorder.enabled else ""))
