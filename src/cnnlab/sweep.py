@@ -46,8 +46,14 @@ def swept_keys(config: DictConfig) -> list[str]:
 
 
 def child_name(overrides: list[str], keys: list[str]) -> str | None:
-    """'init=he,optimizer.lr=0.01' from a job's overrides, keeping only the swept keys."""
-    picked = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in keys]
+    """'init=he,optimizer.lr=0.01' from a job's overrides, keeping only the swept keys.
+
+    >>> child_name(["+model.layers.conv1.dilation_rate=2", "trainer.steps=5", "init=he"],
+    ...            ["+model.layers.conv1.dilation_rate", "init"])
+    '+model.layers.conv1.dilation_rate=2,init=he'
+    """
+    swept = {k.lstrip("+~") for k in keys}  # Hydra keeps a key's `+` in some places and not in others
+    picked = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in swept]
     return ",".join(picked) or None
 
 
@@ -213,7 +219,14 @@ COLUMNS = ("run", "status", *METRICS, "note", "overrides", "run_id")
 
 
 def _cell(value) -> str:
-    return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+    """'0.9123', '1.5e+26' (a diverged loss): short either way.
+
+    >>> _cell(0.91234), _cell(1.5e26), _cell(None)
+    ('0.9123', '1.5e+26', '')
+    """
+    if not isinstance(value, float):
+        return "" if value is None else str(value)
+    return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
 
 
 def to_csv(rows: list[dict]) -> str:
