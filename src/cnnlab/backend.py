@@ -11,7 +11,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ star
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
+from cnnlab.cluster import job_cpus, set_tensorflow_threads, size_thread_pools  # noqa: E402
+
+size_thread_pools(job_cpus())  # a sweep job uses its share of the machine's cores, no more
+
 import keras  # noqa: E402
+
+if keras.backend.backend() == "tensorflow":
+    import tensorflow as _tf
+
+    set_tensorflow_threads(_tf, job_cpus())
 
 __all__ = ["keras", "device_name", "make_deterministic", "bfloat16_is_native", "dtype_policy"]
 

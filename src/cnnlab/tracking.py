@@ -25,6 +25,9 @@ TRACKING_FIELDS = {
     "experiment": Field(string, "cnnlab"),
     "run_name": Field(optional(string), None),
     "log_model": Field(boolean, True),
+    # a sweep on other machines (Ray with an address, SLURM) may record to a SQLite/file store only if
+    # every node sees the same path (cnnlab.cluster.check_reachable_store)
+    "shared_filesystem": Field(boolean, False),
 }
 
 
