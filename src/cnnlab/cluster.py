@@ -19,6 +19,8 @@ Example:
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from urllib.parse import urlsplit
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -136,3 +138,12 @@ def set_tensorflow_threads(tf, cpus: int | None) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(min(2, cpus))
     except RuntimeError:
         pass  # a reused worker: its first job already started TensorFlow, with this sweep's same share
+
+
+def where_tags() -> dict[str, str]:
+    """Where a job ran: the host, and on a Ray worker the node's id (`ray list nodes` names it)."""
+    tags = {"host": socket.gethostname()}
+    ray = sys.modules.get("ray")  # imported only in a process that Ray runs or drives
+    if ray is not None and ray.is_initialized():
+        tags["ray.node_id"] = ray.get_runtime_context().get_node_id()
+    return tags
