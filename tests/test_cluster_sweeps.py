@@ -33,6 +33,32 @@ TINY = ["model=tiny", "dataset=synthetic", "dataset.train_size=400", "dataset.va
 PORT = 6390  # the namespace has a network of its own: no other process holds it
 
 
+def test_job_context_reaches_each_job_config_and_cpu_shares():
+    """What each launcher's jobs get: composed by Hydra's own `load_sweep_config`, as every launcher does."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from cnnlab.cluster import attach_job_context, cpus_per_job, runs_elsewhere
+
+    def sweep_config(*overrides):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        ray = sweep_config("hydra/launcher=ray", "hydra.launcher.ray.remote.num_cpus=3")
+        assert (cpus_per_job(ray), runs_elsewhere(ray)) == (3, False)  # no address: Ray on this machine
+        assert ray.hydra.launcher.ray.init.object_store_memory == 78643200
+        remote = sweep_config("hydra/launcher=ray", "hydra.launcher.ray.init.address=10.0.0.5:6379")
+        assert runs_elsewhere(remote) and remote.hydra.launcher.ray.init.object_store_memory is None
+        slurm = sweep_config("hydra/launcher=submitit_slurm", "hydra.launcher.cpus_per_task=8")
+        assert (cpus_per_job(slurm), runs_elsewhere(slurm)) == (8, True)
+        local = sweep_config("hydra/launcher=cnnlab", "hydra.launcher.n_jobs=2")
+        assert cpus_per_job(local) == max(1, (os.cpu_count() or 1) // 2) and not runs_elsewhere(local)
+        attach_job_context(ray, {"CNNLAB_SWEEP_KEYS": "init,optimizer.lr", "CNNLAB_X": "it's a b"})
+        job = GlobalHydra.instance().config_loader().load_sweep_config(ray, ["init=glorot", "optimizer.lr=0.1"])
+    assert dict(job.hydra.job.env_set) == {"CNNLAB_SWEEP_KEYS": "init,optimizer.lr", "CNNLAB_X": "it's a b"}
+    assert job.init.hidden.scheme == "glorot_uniform" and job.optimizer.lr == 0.1
+
+
 def needs_namespaces():
     if not shutil.which("unshare") or not shutil.which("ip"):
         pytest.skip("needs unshare and ip (util-linux, iproute2)")
