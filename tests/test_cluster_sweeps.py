@@ -94,16 +94,17 @@ timeout 30 {ray} stop > {tmp}/stop.log 2>&1
 """
 
 
-def ray_processes(marker: str) -> list[int]:
-    """PIDs of processes whose command line names `marker` (this test's Ray temp dir)."""
+def started_here(token: str) -> list[int]:
+    """PIDs of processes whose environment holds this test's Ray token: all that the namespace started
+    (Ray's daemons, its workers, the sweeps, their MLflow helpers)."""
     found = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                if marker.encode() in Path(entry.path, "cmdline").read_bytes():
+                if f"RAY_AUTH_TOKEN={token}".encode() in Path(entry.path, "environ").read_bytes().split(b"\0"):
                     found.append(int(entry.name))
             except OSError:
-                continue
+                continue  # gone, or not ours to read
     return found
 
 
@@ -120,15 +121,15 @@ def ray_sweeps(tmp_path_factory):
     proc = subprocess.Popen(["unshare", "--net", "--pid", "--fork", "--mount-proc", "sh", "-c", namespace_script(tmp)],
                             env=env, start_new_session=True)
     try:
-        code = proc.wait(timeout=240)
+        code = proc.wait(timeout=300)
     finally:
         if proc.poll() is None:  # the namespace's first process dies: the kernel ends the rest
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
     deadline = time.monotonic() + 20  # the kernel reaps the namespace's processes promptly: bounded check
-    while ray_processes(f"{tmp}/ray") and time.monotonic() < deadline:
+    while started_here(token) and time.monotonic() < deadline:
         time.sleep(0.5)
-    left = ray_processes(f"{tmp}/ray")
+    left = started_here(token)
     seconds = time.monotonic() - started
     print(f"ray namespace run: exit {code} in {seconds:.0f} s")
     return tmp, code, left
@@ -153,7 +154,7 @@ def test_ray_cluster_sweep_lands_as_parent_and_four_finished_children(ray_sweeps
     for child in children:
         assert child.data.tags["job.cpus"] == "1"  # the task's num_cpus: one thread each
         assert child.data.tags["host"] and child.data.tags["ray.node_id"]
-    assert left == [], f"Ray processes still running: {left}"
+    assert left == [], f"processes of the Ray namespace still running: {left}"
 
 
 def test_ray_jobs_ran_on_both_nodes(ray_sweeps):
