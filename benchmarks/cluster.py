@@ -1,7 +1,7 @@
 """The same sweep on one machine and on a 2-node Ray cluster: wall seconds.
 
     python benchmarks/cluster.py --jobs 4 --steps 60              # cnnlab n_jobs=1, n_jobs=2, Ray 2 nodes
-    python benchmarks/cluster.py --only ray                        # one of: cnnlab1 cnnlab2 joblib2 ray
+    python benchmarks/cluster.py --only ray             # of: cnnlab1 cnnlab2 cnnlab2-tfthreads joblib2 ray
 
 Each variant runs one real sweep of LTFN5 jobs on MNIST (`trainer.seed=0..N-1`, tracking on,
 a fresh SQLite store) and reports the sweep command's wall time and its job count. The Ray
@@ -28,6 +28,7 @@ VARIANTS = {
     "cnnlab1": ["hydra/launcher=cnnlab", "hydra.launcher.n_jobs=1"],
     "cnnlab2": ["hydra/launcher=cnnlab", "hydra.launcher.n_jobs=2"],
     "joblib2": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+    "cnnlab2-tfthreads": ["hydra/launcher=cnnlab", "hydra.launcher.n_jobs=2"],  # CNNLAB_JOB_CPUS=0: TF's pools
     "ray": ["hydra/launcher=ray", f"hydra.launcher.ray.init.address=127.0.0.1:{PORT}",
             "tracking.shared_filesystem=true"],
 }
@@ -95,9 +96,12 @@ def main() -> None:
     for variant in args.only or ["cnnlab1", "cnnlab2", "ray"]:
         store = Path(tempfile.mkdtemp(prefix=f"cnnlab-cluster-{variant}-"))
         if variant != "ray":
-            seconds, summary = run_sweep(sweep_command(variant, args.jobs, args.steps, store), env,
+            # CNNLAB_JOB_CPUS=0: each job keeps TensorFlow's own thread pools (one thread per core)
+            job_env = {**env, "CNNLAB_JOB_CPUS": "0"} if variant.endswith("tfthreads") else env
+            seconds, summary = run_sweep(sweep_command(variant, args.jobs, args.steps, store), job_env,
                                          store / "sweep.log")
-            print(f"| {' '.join(VARIANTS[variant][:2])} | {seconds:.1f} | | {summary} |", flush=True)
+            label = " ".join(VARIANTS[variant][:2]) + (" (CNNLAB_JOB_CPUS=0)" if job_env is not env else "")
+            print(f"| {label} | {seconds:.1f} | | {summary} |", flush=True)
             continue
         token = secrets.token_hex(32)  # Ray's token authentication, for this cluster only
         # Ray starts its workers at nice 15: at 0 they compete for the cores as the other launchers' workers do

@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import csv
 import io
+import os
 import subprocess
 import sys
 import tempfile
@@ -77,8 +78,8 @@ class MlflowSweepCallback(Callback):
         from cnnlab.cluster import CPUS_ENV, attach_job_context, check_reachable_store, cpus_per_job
 
         context = {}  # what every job must know, wherever it runs (cnnlab.cluster)
-        cpus = cpus_per_job(config)
-        if cpus:
+        cpus = os.environ.get(CPUS_ENV) or cpus_per_job(config)  # set here: the user's share (0: TF's own)
+        if cpus is not None:
             context[CPUS_ENV] = str(cpus)
         # the base config: swept values are applied per job
         tracking = check_tracking(OmegaConf.to_container(config.tracking, resolve=True))
