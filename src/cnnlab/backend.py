@@ -45,13 +45,18 @@ def native_stderr_held_back():
             os.close(saved)
 
 
+from cnnlab.cluster import job_cpus, set_tensorflow_threads, size_thread_pools  # noqa: E402
+
+size_thread_pools(job_cpus())  # a sweep job uses its share of the machine's cores, no more
+
 with native_stderr_held_back():
     import keras  # noqa: E402
 
-    if keras.backend.backend() == "tensorflow":  # the CUDA probe ("failed call to cuInit") happens here
+    if keras.backend.backend() == "tensorflow":
         import tensorflow as _tf
 
-        _tf.config.list_physical_devices()
+        set_tensorflow_threads(_tf, job_cpus())  # before the runtime starts
+        _tf.config.list_physical_devices()  # the CUDA probe ("failed call to cuInit") happens here
 
 __all__ = ["keras", "iterations", "device_name", "make_deterministic", "bfloat16_is_native", "dtype_policy"]
 

@@ -16,7 +16,8 @@ import traceback
 
 from cnnlab.errors import ConfigError, Interrupted
 
-PARENT_ENV = "CNNLAB_SWEEP_PARENT_RUN_ID"  # set by cnnlab.sweep's callback for the jobs it launches
+PARENT_ENV = "CNNLAB_SWEEP_PARENT_RUN_ID"  # set for each job by cnnlab.sweep's callback (hydra.job.env_set)
+JOB_ENV = "CNNLAB_SWEEP_JOB"  # the job's index while it runs; its MLflow run carries it as a tag
 
 EXIT_CONFIG = 2  # bad config, bad override, missing or corrupt data
 EXIT_DIVERGED = 3  # the run was recorded, as FAILED: its loss became NaN/inf
@@ -182,10 +183,21 @@ def run_job(cfg):
     job's failure is recorded (a FAILED child run) and the sweep goes on.
     """
     from cnnlab.config_guard import redact_overrides
-    from cnnlab.schema import check_config
 
     overrides, choices, in_sweep = hydra_context()
     overrides = redact_overrides(overrides)  # they are recorded (tags, run names) and printed
+    if in_sweep and JOB_ENV not in os.environ:  # (the cnnlab launcher's workers set it themselves)
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.core.utils import env_override
+
+        with env_override({JOB_ENV: str(HydraConfig.get().job.num)}):  # the launcher finds a lost job's run by it
+            return _run_job(cfg, overrides, choices, in_sweep)
+    return _run_job(cfg, overrides, choices, in_sweep)
+
+
+def _run_job(cfg, overrides: list[str], choices: dict, in_sweep: bool):
+    from cnnlab.schema import check_config
+
     try:
         run = check_config(cfg)
         if run.dry_run:

@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from cnnlab import helper_env
 from cnnlab.cli import PARENT_ENV
 from cnnlab.errors import Interrupted  # a KeyboardInterrupt: no `except Exception` swallows it
-from cnnlab.sweep_worker import JOB_ENV
+from cnnlab.cli import JOB_ENV
 
 log = logging.getLogger(__name__)
 JOB_TAG = "cnnlab.sweep.job"  # set on a job's child run (train.run_tags) from JOB_ENV
@@ -225,19 +225,24 @@ def lose_job(pool: Pool, worker: Worker, job: Job) -> JobReturn:
     """A job whose worker died: record it FAILED with the cause; the sweep goes on without that worker."""
     cause = worker.cause_of_death()
     pool.remove(worker)
-    print(f"error: {' '.join(filter_overrides(job.overrides))}: {cause}", file=sys.stderr, flush=True)
+    return job_lost(job.index, job.overrides, cause, job.config())
+
+
+def job_lost(index: int, overrides: list[str], cause: str, config: DictConfig) -> JobReturn:
+    """Any launcher's job that died with its process (`config`: the job's composed config): recorded
+    FAILED with `cause`, and the result that lets the sweep go on."""
+    print(f"error: {' '.join(filter_overrides(overrides))}: {cause}", file=sys.stderr, flush=True)
     try:
-        record_lost_job(job, cause)
+        record_lost_job(index, list(overrides), cause)
     except Exception as e:  # the store is unusable: the summary will miss this job, the sweep goes on
         print(f"error: could not record the lost job in MLflow: {type(e).__name__}: {e}", file=sys.stderr)
-    config = job.config()
     task_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
     # COMPLETED with no value, as cnnlab.cli.run_job returns for a failed job: Hydra's sweepers go on
-    return JobReturn(overrides=job.overrides, cfg=task_cfg, hydra_cfg=config, working_dir=os.getcwd(),
+    return JobReturn(overrides=list(overrides), cfg=task_cfg, hydra_cfg=config, working_dir=os.getcwd(),
                      task_name=str(config.hydra.job.name), status=JobStatus.COMPLETED, _return_value=None)
 
 
-def record_lost_job(job: Job, cause: str) -> None:
+def record_lost_job(index: int, overrides: list[str], cause: str) -> None:
     """End the job's child run FAILED with `cause`, or create a FAILED child if it has none."""
     from cnnlab import sweep
     from cnnlab.tracking import Tracker
@@ -248,12 +253,12 @@ def record_lost_job(job: Job, cause: str) -> None:
     client, parent = callback.tracker.client, callback.tracker.run_id
     # the job's MLflow helper ends its run KILLED when the worker dies; let it finish first
     deadline = time.monotonic() + 30
-    while job_helpers(job.index, parent) and time.monotonic() < deadline:
+    while job_helpers(index, parent) and time.monotonic() < deadline:
         time.sleep(0.5)
-    name = sweep.child_name(job.overrides, callback.keys) or f"job {job.index}"
-    run = find_child(client, parent, job.index, name)
+    name = sweep.child_name(overrides, callback.keys) or f"job {index}"
+    run = find_child(client, parent, index, name)
     if run is None:
-        tags = {"hydra.overrides": " ".join(job.overrides), "error": cause, JOB_TAG: str(job.index)}
+        tags = {"hydra.overrides": " ".join(overrides), "error": cause, JOB_TAG: str(index)}
         Tracker.start(callback.uri, callback.experiment, name, tags=tags, parent_run_id=parent).end("FAILED")
         return
     client.set_tag(run.info.run_id, "error", cause)

@@ -287,6 +287,7 @@ def versions() -> dict[str, str]:
 
 def run_tags(run, data, overrides, choices, keras) -> dict[str, str]:
     from cnnlab.backend import device_name
+    from cnnlab.cluster import job_cpus, where_tags
 
     return {
         "hydra.overrides": " ".join(overrides) or "(none)", **git_state(), **versions(),
@@ -295,6 +296,8 @@ def run_tags(run, data, overrides, choices, keras) -> dict[str, str]:
         "model.params": str(run.arch.total_params),
         "process.pid": str(os.getpid()),  # which sweep worker ran the job (memory is per process)
         **({"cnnlab.sweep.job": os.environ["CNNLAB_SWEEP_JOB"]} if "CNNLAB_SWEEP_JOB" in os.environ else {}),
+        **({"job.cpus": str(job_cpus())} if job_cpus() else {}),  # the thread pools' size (cnnlab.cluster)
+        **where_tags(),
         **{f"choice.{group}": option for group, option in (choices or {}).items()},
     }
 

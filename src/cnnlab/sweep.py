@@ -7,8 +7,10 @@ experiment and a parent run; each job becomes a child run
 the parent gets a table (CSV, Markdown) of every child's overrides, status
 and final metrics, and a plot of their validation-accuracy curves.
 
-Jobs learn the parent from environment variables set here, which the
-launcher's worker processes inherit.
+Jobs learn the parent, the swept keys and their CPU share from `hydra.job.env_set`
+overrides added here to the sweep's config (`cnnlab.cluster.attach_job_context`): each
+launcher composes its jobs from that config, so the context reaches jobs on other
+processes and machines (Ray, SLURM) as well as the launcher's own workers.
 """
 
 from __future__ import annotations
@@ -79,11 +81,16 @@ class MlflowSweepCallback(Callback):
         global ACTIVE
         from cnnlab.tracking import Tracker, check_tracking, tracking_uri
 
-        os.environ.pop(PARENT_ENV, None)
-        os.environ.pop("CNNLAB_SWEEP_RESUME_PLAN", None)  # cnnlab.sweep_resume.PLAN_ENV
+        from cnnlab.cluster import CPUS_ENV, attach_job_context, check_reachable_store, cpus_per_job
+
+        context = {}  # what every job must know, wherever it runs (cnnlab.cluster)
+        cpus = os.environ.get(CPUS_ENV) or cpus_per_job(config)  # set here: the user's share (0: TF's own)
+        if cpus is not None:
+            context[CPUS_ENV] = str(cpus)
         # the base config: swept values are applied per job
         tracking = check_tracking(OmegaConf.to_container(config.tracking, resolve=True))
         if not tracking["enabled"]:
+            attach_job_context(config, context)
             return
         from cnnlab.config_guard import redact_overrides, redact_text
 
@@ -100,12 +107,13 @@ class MlflowSweepCallback(Callback):
         resume = OmegaConf.select(config, "resume")
         # creating the store, experiment and parent here, once, keeps parallel jobs off the schema race
         try:
+            check_reachable_store(config, self.uri, tracking["shared_filesystem"])
             if resume:  # the same sweep again: reopen its parent, skip what FINISHED (cnnlab.sweep_resume)
                 from cnnlab.sweep_resume import PLAN_ENV, reopen_parent
 
                 plan = Path(str(config.hydra.sweep.dir)) / "resume_plan.json"
                 self.tracker = reopen_parent(self.uri, self.experiment, str(resume), overrides, keys, command, plan)
-                os.environ[PLAN_ENV] = str(plan.resolve())
+                context[PLAN_ENV] = str(plan.resolve())
             else:
                 self.tracker = Tracker.start(self.uri, self.experiment, name,
                                              tags={"cnnlab.sweep": "parent", "sweep.command": command[:5000]})
@@ -121,8 +129,7 @@ class MlflowSweepCallback(Callback):
                 "sweep.keys": ",".join(keys),
                 "sweep.launcher": str(OmegaConf.select(config, "hydra.launcher._target_")).rsplit(".", 1)[-1],
             })
-        os.environ[PARENT_ENV] = self.tracker.run_id
-        os.environ[KEYS_ENV] = ",".join(keys)
+        attach_job_context(config, {**context, PARENT_ENV: self.tracker.run_id, KEYS_ENV: ",".join(keys)})
         self.started = time.perf_counter()
         self.guard = start_guard(self.uri, self.tracker.run_id)
         ACTIVE = self
@@ -148,7 +155,6 @@ class MlflowSweepCallback(Callback):
               + (f", {counts['KILLED']} killed" if counts["KILLED"] else "")
               + (f"; sweep {status}" if status != "FINISHED" else "")
               + f"; summary in MLflow run {tracker.run_id}")
-        os.environ.pop(PARENT_ENV, None)
 
 
 ACTIVE: MlflowSweepCallback | None = None  # this process's sweep callback, for the launcher to finish

@@ -19,7 +19,8 @@ import pickle
 import signal
 import sys
 
-JOB_ENV = "CNNLAB_SWEEP_JOB"  # the job's index, set while it runs; its MLflow run carries it as a tag
+from cnnlab.cli import JOB_ENV  # the job's index, set while it runs
+
 PR_SET_PDEATHSIG = 1
 
 

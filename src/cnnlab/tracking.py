@@ -29,6 +29,9 @@ TRACKING_FIELDS = {
     "run_name": Field(optional(string), None),
     "log_model": Field(boolean, True),
     "server": Field(boolean, False),  # tracking=server: a team's MLflow server, named by $MLFLOW_TRACKING_URI
+    # a sweep on other machines (Ray with an address, SLURM) may record to a SQLite/file store only if
+    # every node sees the same path (cnnlab.cluster.check_reachable_store)
+    "shared_filesystem": Field(boolean, False),
 }
 
 
