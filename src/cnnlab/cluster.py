@@ -28,6 +28,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from cnnlab.errors import ConfigError
 
 CPUS_ENV = "CNNLAB_JOB_CPUS"  # CPU cores this job may use (its thread pools are sized to it)
+PARENT_ENV = "CNNLAB_SWEEP_PARENT_RUN_ID"  # the sweep's parent run, set for each job by cnnlab.sweep's callback
+KEYS_ENV = "CNNLAB_SWEEP_KEYS"  # the swept keys, which name each job's child run
+JOB_ENV = "CNNLAB_SWEEP_JOB"  # the job's index while it runs; its MLflow run carries it as a tag
 
 
 def env_set_override(key: str, value: str) -> str:

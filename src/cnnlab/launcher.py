@@ -36,9 +36,8 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab import helper_env
-from cnnlab.cli import PARENT_ENV
+from cnnlab.cluster import JOB_ENV, PARENT_ENV
 from cnnlab.errors import Interrupted  # a KeyboardInterrupt: no `except Exception` swallows it
-from cnnlab.cli import JOB_ENV
 
 log = logging.getLogger(__name__)
 JOB_TAG = "cnnlab.sweep.job"  # set on a job's child run (train.run_tags) from JOB_ENV
@@ -237,7 +236,7 @@ def job_lost(index: int, overrides: list[str], cause: str, config: DictConfig) -
     except Exception as e:  # the store is unusable: the summary will miss this job, the sweep goes on
         print(f"error: could not record the lost job in MLflow: {type(e).__name__}: {e}", file=sys.stderr)
     task_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-    # COMPLETED with no value, as cnnlab.cli.run_job returns for a failed job: Hydra's sweepers go on
+    # COMPLETED with no value, as cnnlab.job.run_job returns for a failed job: Hydra's sweepers go on
     return JobReturn(overrides=list(overrides), cfg=task_cfg, hydra_cfg=config, working_dir=os.getcwd(),
                      task_name=str(config.hydra.job.name), status=JobStatus.COMPLETED, _return_value=None)
 

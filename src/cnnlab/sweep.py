@@ -30,10 +30,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab import helper_env
-from cnnlab.cli import PARENT_ENV
+from cnnlab.cluster import KEYS_ENV, PARENT_ENV
 from cnnlab.errors import ConfigError
 
-KEYS_ENV = "CNNLAB_SWEEP_KEYS"
 METRICS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_loss")
 
 

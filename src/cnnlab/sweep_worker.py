@@ -19,7 +19,7 @@ import pickle
 import signal
 import sys
 
-from cnnlab.cli import JOB_ENV  # the job's index, set while it runs
+from cnnlab.cluster import JOB_ENV  # the job's index, set while it runs
 
 PR_SET_PDEATHSIG = 1
 
