@@ -15,6 +15,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -67,7 +68,7 @@ def needs_namespaces():
         pytest.skip(f"cannot make namespaces here: {probe.stderr.decode().strip()}")
 
 
-def namespace_script(tmp: Path) -> str:
+def namespace_script(tmp: Path, ray_tmp: Path) -> str:
     """Two Ray nodes, two sweeps on them at once (4 jobs; 2 jobs, one killed), the killer, then `ray stop`."""
     address = f"127.0.0.1:{PORT}"
     ray = f"{Path(sys.executable).parent}/ray"
@@ -76,7 +77,7 @@ def namespace_script(tmp: Path) -> str:
     return f"""
 ip link set lo up || exit 20
 cd {REPO}
-{ray} start --head --port {PORT} --num-cpus 1 --include-dashboard=false --temp-dir {tmp}/ray \\
+{ray} start --head --port {PORT} --num-cpus 1 --include-dashboard=false --temp-dir {ray_tmp} \\
     --disable-usage-stats > {tmp}/head.log 2>&1 || exit 21
 # the second node joins while the sweeps start (tasks wait for free CPUs)
 {ray} start --address {address} --num-cpus 1 --disable-usage-stats > {tmp}/node.log 2>&1 &
@@ -112,13 +113,15 @@ def started_here(token: str) -> list[int]:
 def ray_sweeps(tmp_path_factory):
     needs_namespaces()
     tmp = tmp_path_factory.mktemp("ray")
+    # Ray's sockets live under --temp-dir, and a UNIX socket path may not exceed 107 bytes: a short one
+    short = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     token = secrets.token_hex(32)
     # RAY_worker_niceness=0: Ray starts its workers at nice 15; on a busy machine they would crawl
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_worker_niceness": "0",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     started = time.monotonic()
-    proc = subprocess.Popen(["unshare", "--net", "--pid", "--fork", "--mount-proc", "sh", "-c", namespace_script(tmp)],
+    proc = subprocess.Popen(["unshare", "--net", "--pid", "--fork", "--mount-proc", "sh", "-c", namespace_script(tmp, short)],
                             env=env, start_new_session=True)
     try:
         code = proc.wait(timeout=300)
@@ -130,6 +133,7 @@ def ray_sweeps(tmp_path_factory):
     while started_here(token) and time.monotonic() < deadline:
         time.sleep(0.5)
     left = started_here(token)
+    shutil.rmtree(short, ignore_errors=True)
     seconds = time.monotonic() - started
     print(f"ray namespace run: exit {code} in {seconds:.0f} s")
     return tmp, code, left

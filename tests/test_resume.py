@@ -17,7 +17,6 @@ import pytest
 
 from conftest import REPO, run_cli
 
-pytestmark = pytest.mark.xdist_group("resume")  # its module fixture runs once, on one worker
 
 # 1024 synthetic images of batch 100 (11 batches an epoch): 400 steps cross epochs and a shuffle
 OVERRIDES = ["model=tiny", "dataset=synthetic", "trainer.deterministic=true", "trainer.steps=400",

@@ -22,7 +22,6 @@ from conftest import REPO, run_cli
 pytestmark = [
     pytest.mark.skipif(pg_bindir() is None, reason="PostgreSQL's binaries (initdb, pg_ctl) are absent "
                                                   "on this machine: no real server to test against"),
-    pytest.mark.xdist_group("server"),  # one server for the module: all its tests on one worker
 ]
 
 FAST = ["model=tiny", "tracking=server", "trainer.verbose=0", "tracking.log_model=false"]

@@ -9,7 +9,6 @@ import pytest
 
 from conftest import run_cli
 
-pytestmark = pytest.mark.xdist_group("sweep")  # its module fixture runs once, on one worker
 
 # four jobs: two train (he, glorot), two are an invalid combination (a 99x99 valid kernel on 28x28 images)
 SWEEP = ["-m", "model=tiny", "dataset=synthetic", "dataset.train_size=400", "dataset.val_size=100",
