@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -109,9 +108,9 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
     if release:  # a sweep worker runs the next job in this process; a single run just exits
         release_keras_state()
     if recorder.spooled:  # the server went away for minutes: what it missed waits on disk (cnnlab.spool)
-        print(f"warning: tracking: the MLflow server at {redact_uri(recorder.uri)!r} stopped answering; "
-              f"run {recorder.run_id} is complete in {recorder.spooled}: upload it with "
-              f"`python -m cnnlab.spool {recorder.spooled}` once the server is back", file=sys.stderr)
+        say(f"warning: tracking: the MLflow server at {redact_uri(recorder.uri)!r} stopped answering; "
+            f"run {recorder.run_id} is complete in {recorder.spooled}: upload it with "
+            f"`python -m cnnlab.spool {recorder.spooled}` once the server is back", error=True)
     say(f"{name}: test_accuracy={final['test_accuracy']:.4f} test_loss={final['test_loss']:.4f} "
           f"({final['steps']} steps in {final['train_seconds']:.1f} s)"
           + (f", MLflow run {recorder.run_id}" if recorder.enabled else ""))
@@ -161,8 +160,9 @@ def train_and_record(run, data, recorder, name: str, overrides, choices) -> dict
         folder = run_files(run, model if predicted is not None else None)
         if result.best and predicted is not None:  # trainer.keep_best: beside model.keras
             shutil.copy(saves / "best.weights.h5", folder / "best.weights.h5")
-        if log_path() and log_path().is_file():  # the job's log so far (Hydra's run.log): the run's console
-            shutil.copy(log_path(), folder / "run.log")
+        log = log_path()
+        if log and log.is_file():  # the job's log so far (Hydra's run.log): the run's console
+            shutil.copy(log, folder / "run.log")
         figures = [(run_figures, folder, name, result.history, diag)]
         if predicted is not None:
             matrix = confusion_counts(data.y_test, predicted, run.dataset["num_classes"])  # small to send
