@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab.data_checks import check_not_empty, check_split, pixel_range
+from cnnlab.data_checks import check_not_empty, check_split, pixel_range, source_range
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.fields import Field, check_fields, choice, non_negative_int, optional, positive_int, shape, show, string
 
@@ -69,6 +69,8 @@ class Data:
     x_test: np.ndarray
     y_test: np.ndarray
     source: str  # where the arrays came from, for the run's tags
+    raw_dtype: str = "float32"  # what the file holds, before scaling: a served model takes that (cnnlab.export)
+    pixel_range: tuple[float, float] = (0.0, 1.0)  # the raw range that was mapped onto [0, 1]
 
 
 def data_file(spec: dict) -> Path | None:
@@ -99,7 +101,9 @@ def load_data(spec: dict) -> Data:
     if n_val >= len(x_train):
         raise DataError("dataset.val_size", f"{n_val} leaves no training images out of {len(x_train)} in {source}")
     cut = len(x_train) - n_val  # the last val_size images validate, as LTFN's 55,000/5,000 split
-    return Data(x_train[:cut], y_train[:cut], x_train[cut:], y_train[cut:], x_test, y_test, source)
+    raw_dtype = str(arrays[0].dtype)
+    return Data(x_train[:cut], y_train[:cut], x_train[cut:], y_train[cut:], x_test, y_test, source,
+                raw_dtype, source_range(raw_dtype, spec["pixel_range"]))
 
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")

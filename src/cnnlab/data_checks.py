@@ -48,6 +48,13 @@ def pixel_range(v, path: str):
     return lo, hi
 
 
+def source_range(dtype, given=None) -> tuple[float, float]:
+    """The pixel range mapped onto [0, 1]: `dataset.pixel_range` if given, else [0, 255] for uint8, else [0, 1]."""
+    if given:
+        return float(given[0]), float(given[1])
+    return UINT8_RANGE if np.dtype(dtype) == np.uint8 else (0.0, 1.0)
+
+
 def check_split(x, y, split: str, spec: dict, source: str, key: str):
     """One split's (images, labels) → (float32 NHWC pixels in [0, 1], int32 labels). Raises DataError."""
     x, y = np.asarray(x), np.asarray(y)
@@ -71,7 +78,7 @@ def check_pixels(x: np.ndarray, split: str, spec: dict, source: str, key: str) -
     if x.dtype.kind not in "uif":
         raise DataError(key, f"x_{split} in {source} holds {x.dtype} values; expected numbers (uint8 or float pixels)")
     given = spec.get("pixel_range")
-    lo, hi = given or (UINT8_RANGE if x.dtype == np.uint8 else (0.0, 1.0))
+    lo, hi = source_range(x.dtype, given)
     if not x.size:
         return x.astype(np.float32)
     low, high = x.min(), x.max()  # NaN propagates through min/max, so two reductions test finiteness
