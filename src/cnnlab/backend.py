@@ -58,7 +58,8 @@ with native_stderr_held_back():
         set_tensorflow_threads(_tf, job_cpus())  # before the runtime starts
         _tf.config.list_physical_devices()  # the CUDA probe ("failed call to cuInit") happens here
 
-__all__ = ["keras", "iterations", "device_name", "make_deterministic", "bfloat16_is_native", "dtype_policy"]
+__all__ = ["keras", "iterations", "device_name", "set_random_seed", "make_deterministic", "bfloat16_is_native",
+           "dtype_policy"]
 
 
 def iterations(model) -> int:
@@ -87,6 +88,13 @@ def device_name() -> str:
 
         return f"GPU:0 ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "CPU"
     return backend
+
+
+def set_random_seed(seed: int) -> None:
+    """`keras.utils.set_random_seed`, whose first call imports TensorFlow (to seed tf.data) on every backend:
+    on JAX or torch that import's start-up lines are held back like Keras's own."""
+    with native_stderr_held_back():
+        keras.utils.set_random_seed(seed)
 
 
 def make_deterministic() -> None:

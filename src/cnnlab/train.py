@@ -250,10 +250,10 @@ def prepare_model(run, total_steps: int):
 
     `total_steps` is the run's budget in optimizer steps (a learning-rate schedule spans it).
     """
-    from cnnlab.backend import dtype_policy, keras, make_deterministic
+    from cnnlab.backend import dtype_policy, keras, make_deterministic, set_random_seed
 
     keras.backend.clear_session()  # sweep jobs may share a worker process
-    keras.utils.set_random_seed(run.trainer["seed"])
+    set_random_seed(run.trainer["seed"])
     if run.trainer["deterministic"]:
         make_deterministic()
     keras.config.set_dtype_policy(dtype_policy(run.trainer["mixed_precision"]))  # global: reset for every job
