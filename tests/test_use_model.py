@@ -236,7 +236,36 @@ def test_bad_input_is_one_line_and_exit_2(results, name, says):
     assert done.stdout == ""  # nothing predicted, nothing half-done
 
 
-def test_failed_evaluations_leave_no_run(logged, results):
+def test_failed_evaluations_leave_no_run(logged, images, results):
+    for name in command_lines(logged, images):
+        results[name]  # all of them have ended
     runs = logged["client"].search_runs([logged["experiment"]])
     evaluations = [r for r in runs if r.info.run_name.startswith("evaluate-")]
     assert len(evaluations) == 1 and evaluations[0].info.status == "FINISHED"
+
+
+def test_an_evaluation_that_cannot_be_recorded_ends_failed(logged, capsys):
+    """The artifact folder turns read-only (a read-only bind mount): the run ends FAILED, saying why; exit 4."""
+    from cnnlab.evaluate import evaluate
+
+    artifacts = logged["folder"] / "artifacts"
+    mounted = False
+    try:
+        for args in (["--bind", str(artifacts), str(artifacts)], ["-o", "remount,bind,ro", str(artifacts)]):
+            if subprocess.run(["mount", *args], capture_output=True).returncode:
+                pytest.skip("cannot bind-mount here (not root?)")
+            mounted = True
+        with pytest.raises(SystemExit) as exited:
+            evaluate([f"runs:/{logged['run_id']}/model", "--split", "val", "--tracking-uri", logged["uri"]])
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(artifacts)], capture_output=True)
+        from cnnlab.backend import keras
+
+        keras.config.enable_interactive_logging()
+    assert exited.value.code == 4
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot record the evaluation") and "Read-only file system" in err
+    (failed,) = [r for r in logged["client"].search_runs([logged["experiment"]]) if r.info.status != "FINISHED"]
+    assert failed.info.run_name == "evaluate-tiny-he-adam" and failed.info.status == "FAILED"
+    assert "Read-only file system" in failed.data.tags["error"]

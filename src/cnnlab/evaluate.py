@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -48,7 +49,7 @@ def arguments() -> Arguments:
 def open_client(tracking_uri: str | None):
     """An MlflowClient on the store to read; one line for a store that is not there."""
     uri = resolve_uri(tracking_uri)
-    key = "--tracking-uri" if tracking_uri else "MLFLOW_TRACKING_URI"
+    key = "MLFLOW_TRACKING_URI" if not tracking_uri and os.environ.get("MLFLOW_TRACKING_URI") else "--tracking-uri"
     path = sqlite_path(uri)
     if path is not None and not path.is_file():
         raise ConfigError(key, f"no MLflow store at {path} (no run has recorded there)")
@@ -149,7 +150,7 @@ def record(client, ref, dataset: dict, split: str, source: str, x, y, metrics: d
     except BaseException as e:
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
         try:
-            client.set_tag(run_id, "cnnlab.error", f"{type(e).__name__}: {e}"[:500])
+            client.set_tag(run_id, "error", f"{type(e).__name__}: {e}"[:500])  # as a failed training run's
             client.set_terminated(run_id, status)
         except Exception:
             pass  # the store itself broke: the line below says so
