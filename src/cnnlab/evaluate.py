@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -110,55 +111,58 @@ def evaluate(argv: list[str]) -> dict:
 
 def record(client, ref, dataset: dict, split: str, source: str, x, y, metrics: dict, matrix) -> str:
     """The evaluation as a new, FINISHED MLflow run; one that fails part way ends FAILED with the reason."""
-    from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelInput, Metric, Param, RunTag
-    from mlflow.data.digest_utils import compute_numpy_digest
-    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+    from mlflow.entities import LoggedModelInput, Metric, Param
 
     uri = client.tracking_uri
-    with open_store(uri):
-        experiment = ref.run.info.experiment_id if ref.run else ensure_experiment(client, "cnnlab",
-                                                                                  artifact_location(uri))
-        tags = {"cnnlab.evaluation": split, "cnnlab.model_uri": ref.uri, "mlflow.note.content":
-                f"Evaluation of {ref.uri} on {dataset['name']} {split} ({len(x)} images)"}
-        if ref.run:
-            tags[SOURCE_TAG] = ref.run.info.run_id
-        run = client.create_run(experiment, run_name=f"evaluate-{ref.run_name}", tags=tags)
-    run_id = run.info.run_id
-    try:
-        name = f"{dataset['name']}-{CONTEXT[split]}"
-        import json
-
-        digest = compute_numpy_digest(x, y)
-        kind = "code" if source == "synthetic" or source.startswith("keras.datasets.") else "local"
-        client.log_inputs(run_id, datasets=[DatasetInput(
-            Dataset(name, digest, kind, json.dumps({"uri": source}),
-                    profile=json.dumps({"num_rows": len(x), "image_shape": list(x.shape[1:]), "raw_dtype": str(x.dtype)})),
-            tags=[InputTag(MLFLOW_DATASET_CONTEXT, CONTEXT[split])])],
-            models=[LoggedModelInput(ref.model_id)] if ref.model_id else None)
-        now = int(time.time() * 1000)
-        client.log_batch(run_id, params=[Param(k, v) for k, v in {**flatten({"dataset": dataset}), "split": split,
-                                                                   "model_uri": ref.uri}.items()],
-                         metrics=[Metric(k, v, now, 0, model_id=ref.model_id, dataset_name=name, dataset_digest=digest)
-                                  for k, v in metrics.items()])
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "confusion_matrix.png"
-            confusion_matrix(matrix, f"{ref.run_name}: {dataset['name']} {split}", path)
-            client.log_artifact(run_id, str(path))
-        client.log_dict(run_id, {"labels": list(range(len(matrix))), "matrix": matrix.tolist()},
-                        "confusion_matrix.json")
-        client.set_terminated(run_id, "FINISHED")
-    except BaseException as e:
-        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+    data_input = split_input(dataset["name"], split, source, x, y)
+    with tempfile.TemporaryDirectory() as folder:
+        figure = Path(folder) / "confusion_matrix.png"  # drawn before the run exists: less to fail after
+        confusion_matrix(matrix, f"{ref.run_name}: {dataset['name']} {split}", figure)
+        with open_store(uri):
+            experiment = ref.run.info.experiment_id if ref.run else ensure_experiment(client, "cnnlab",
+                                                                                      artifact_location(uri))
+            tags = {"cnnlab.evaluation": split, "cnnlab.model_uri": ref.uri, "mlflow.note.content":
+                    f"Evaluation of {ref.uri} on {dataset['name']} {split} ({len(x)} images)"}
+            if ref.run:
+                tags[SOURCE_TAG] = ref.run.info.run_id
+            run_id = client.create_run(experiment, run_name=f"evaluate-{ref.run_name}", tags=tags).info.run_id
         try:
-            client.set_tag(run_id, "error", f"{type(e).__name__}: {e}"[:500])  # as a failed training run's
-            client.set_terminated(run_id, status)
-        except Exception:
-            pass  # the store itself broke: the line below says so
-        if isinstance(e, KeyboardInterrupt):
-            raise
-        fail(f"cannot record the evaluation in MLflow at {redact_uri(uri)!r} (run {run_id} is {status}): "
-             f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", EXIT_TRACKING)
+            client.log_inputs(run_id, datasets=[data_input],
+                              models=[LoggedModelInput(ref.model_id)] if ref.model_id else None)
+            params = {**flatten({"dataset": dataset}), "split": split, "model_uri": ref.uri}
+            now, d = int(time.time() * 1000), data_input.dataset
+            client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
+                             metrics=[Metric(k, v, now, 0, model_id=ref.model_id, dataset_name=d.name,
+                                             dataset_digest=d.digest) for k, v in metrics.items()])
+            client.log_artifact(run_id, str(figure))
+            client.log_dict(run_id, {"labels": list(range(len(matrix))), "matrix": matrix.tolist()},
+                            "confusion_matrix.json")
+            client.set_terminated(run_id, "FINISHED")
+        except BaseException as e:
+            status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+            try:
+                client.set_tag(run_id, "error", f"{type(e).__name__}: {e}"[:500])  # as a failed training run's
+                client.set_terminated(run_id, status)
+            except Exception:
+                pass  # the store itself broke: the line below says so
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            fail(f"cannot record the evaluation in MLflow at {redact_uri(uri)!r} (run {run_id} is {status}): "
+                 f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", EXIT_TRACKING)
     return run_id
+
+
+def split_input(name: str, split: str, source: str, x, y):
+    """The split as an MLflow dataset input: `<data set>-<context>`, as training runs name theirs."""
+    from mlflow.data.digest_utils import compute_numpy_digest
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    kind = "code" if source == "synthetic" or source.startswith("keras.datasets.") else "local"
+    profile = {"num_rows": len(x), "image_shape": list(x.shape[1:]), "raw_dtype": str(x.dtype)}
+    return DatasetInput(Dataset(f"{name}-{CONTEXT[split]}", compute_numpy_digest(x, y), kind,
+                                json.dumps({"uri": source}), profile=json.dumps(profile)),
+                        tags=[InputTag(MLFLOW_DATASET_CONTEXT, CONTEXT[split])])
 
 
 def main(argv: list[str] | None = None) -> None:
