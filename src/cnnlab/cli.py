@@ -8,6 +8,7 @@ code 2; no traceback. Ctrl-C or SIGTERM at any moment ends in one line and exit
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
@@ -63,6 +64,32 @@ def _redacted_traceback(kind, value, tb) -> str:
     from cnnlab.config_guard import redact_text
 
     return redact_text("".join(traceback.format_exception(kind, value, tb)))
+
+
+class Arguments(argparse.ArgumentParser):
+    """argparse for the `python -m cnnlab.<command>` tools: a bad argument is one line, exit 2 (no usage block).
+
+    >>> Arguments(prog="x").error("argument --split: invalid choice: 'x'")
+    Traceback (most recent call last):
+    ...
+    cnnlab.errors.ConfigError: argument --split: invalid choice: 'x' (see x --help)
+    """
+
+    def error(self, message):
+        raise ConfigError("", f"{message} (see {self.prog} --help)")
+
+
+def run_command(body, *args) -> None:
+    """Run a command's `body(*args)`: a ConfigError is one line and exit 2, Ctrl-C/SIGTERM one line and 130/143."""
+    sys.excepthook = _print_redacted_traceback  # a bug's traceback shows no credentials
+    exit_on_signals()
+    try:
+        body(*args)
+    except ConfigError as e:
+        fail(str(e))
+    except KeyboardInterrupt as e:
+        _set_handlers(_exit_at_once)
+        fail(interrupted_message(e), getattr(e, "exit_code", 130))
 
 
 def yaml_error(e: BaseException):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab.data_checks import check_not_empty, check_split, pixel_range, source_range
+from cnnlab.data_checks import check_not_empty, check_raw_split, pixel_range, scale_pixels, source_range
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.fields import Field, check_fields, choice, non_negative_int, optional, positive_int, shape, show, string
 
@@ -60,7 +60,7 @@ def check_dataset(cfg, path: str = "dataset") -> dict:
 
 @dataclass
 class Data:
-    """Pixels scaled to [0, 1] (float32, NHWC) and integer labels, split three ways."""
+    """Pixels scaled to [0, 1] (float32, NHWC) and integer labels, split three ways (`load_raw`: unscaled)."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -83,14 +83,25 @@ def data_file(spec: dict) -> Path | None:
 
 def load_data(spec: dict) -> Data:
     """Load, check, scale and split the data set a validated `dataset` config names. Raises DataError."""
+    raw = load_raw(spec)
+    scale = [scale_pixels(x, raw.pixel_range) for x in (raw.x_train, raw.x_val, raw.x_test)]
+    return Data(scale[0], raw.y_train, scale[1], raw.y_val, scale[2], raw.y_test, raw.source,
+                raw.raw_dtype, raw.pixel_range)
+
+
+def load_raw(spec: dict) -> Data:
+    """`load_data` without the scaling: the same checked splits, pixels as the file holds them.
+
+    What a served model takes (`cnnlab.export`); `raw_split` gives one split of it.
+    """
     if spec["name"] == "synthetic":
         arrays, source = synthetic_arrays(spec), "synthetic"
     else:
         path = data_file(spec)
         arrays, source = (_read_npz(path, spec), str(path)) if path else (_download(spec), f"keras.datasets.{spec['name']}")
     key = _source_key(spec)
-    x_train, y_train = check_split(arrays[0], arrays[1], "train", spec, source, key)
-    x_test, y_test = check_split(arrays[2], arrays[3], "test", spec, source, key)
+    x_train, y_train = check_raw_split(arrays[0], arrays[1], "train", spec, source, key)
+    x_test, y_test = check_raw_split(arrays[2], arrays[3], "test", spec, source, key)
     if spec["train_size"]:
         x_train, y_train = x_train[: spec["train_size"]], y_train[: spec["train_size"]]
     if spec["test_size"]:
@@ -104,6 +115,25 @@ def load_data(spec: dict) -> Data:
     raw_dtype = str(arrays[0].dtype)
     return Data(x_train[:cut], y_train[:cut], x_train[cut:], y_train[cut:], x_test, y_test, source,
                 raw_dtype, source_range(raw_dtype, spec["pixel_range"]))
+
+
+SPLITS = ("train", "val", "test")
+
+
+def raw_split(spec: dict, split: str) -> tuple[np.ndarray, np.ndarray, Data]:
+    """One split's raw checked (images, labels), and the `load_raw` Data it came from.
+
+    Example:
+        >>> spec = check_dataset({"name": "synthetic", "input_shape": [8, 8, 1], "num_classes": 4,
+        ...                       "train_size": 100, "val_size": 20, "test_size": 30})
+        >>> x, y, raw = raw_split(spec, "val")
+        >>> x.shape, x.dtype.name, y.shape, raw.pixel_range
+        ((20, 8, 8, 1), 'uint8', (20,), (0.0, 255.0))
+    """
+    if split not in SPLITS:
+        raise ConfigError("split", f"{split!r} is not a split: choose one of {', '.join(SPLITS)}")
+    raw = load_raw(spec)
+    return getattr(raw, f"x_{split}"), getattr(raw, f"y_{split}"), raw
 
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")

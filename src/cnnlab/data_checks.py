@@ -57,6 +57,15 @@ def source_range(dtype, given=None) -> tuple[float, float]:
 
 def check_split(x, y, split: str, spec: dict, source: str, key: str):
     """One split's (images, labels) → (float32 NHWC pixels in [0, 1], int32 labels). Raises DataError."""
+    x, y = check_raw_split(x, y, split, spec, source, key)
+    return scale_pixels(x, source_range(x.dtype, spec.get("pixel_range"))), y
+
+
+def check_raw_split(x, y, split: str, spec: dict, source: str, key: str):
+    """`check_split` without the scaling: (NHWC pixels as the file holds them, int32 labels).
+
+    What a served model takes (`cnnlab.export`): e.g. uint8 MNIST images with their channel axis.
+    """
     x, y = np.asarray(x), np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y.reshape(-1)  # CIFAR-10 ships labels as (n, 1)
@@ -70,6 +79,7 @@ def check_split(x, y, split: str, spec: dict, source: str, key: str):
 
 
 def check_pixels(x: np.ndarray, split: str, spec: dict, source: str, key: str) -> np.ndarray:
+    """Raw NHWC pixels (a grayscale file gains its channel axis), checked: finite, in the data set's range."""
     if x.ndim == 3:
         x = x[..., None]  # add the channel axis to grayscale images
     if tuple(x.shape[1:]) != tuple(spec["input_shape"]):
@@ -80,7 +90,7 @@ def check_pixels(x: np.ndarray, split: str, spec: dict, source: str, key: str) -
     given = spec.get("pixel_range")
     lo, hi = source_range(x.dtype, given)
     if not x.size:
-        return x.astype(np.float32)
+        return x
     low, high = x.min(), x.max()  # NaN propagates through min/max, so two reductions test finiteness
     if not (np.isfinite(low) and np.isfinite(high)):
         bad = ~np.isfinite(x)
@@ -96,6 +106,12 @@ def check_pixels(x: np.ndarray, split: str, spec: dict, source: str, key: str) -
         raise DataError("dataset.pixel_range",
                         f"null (float pixels must lie in [0, 1]) but {source} holds {found}; "
                         f"set dataset.pixel_range={hint.replace(' ', '')} to map that range onto [0, 1]")
+    return x
+
+
+def scale_pixels(x: np.ndarray, pixel_range: tuple[float, float]) -> np.ndarray:
+    """Checked raw pixels → float32 in [0, 1], mapping `pixel_range` (`source_range`) onto it."""
+    lo, hi = pixel_range
     out = x.astype(np.float32)  # a copy: the in-place steps below never touch the caller's array
     if (lo, hi) != (0.0, 1.0):
         if lo:

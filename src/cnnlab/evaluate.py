@@ -1,0 +1,173 @@
+"""`python -m cnnlab.evaluate MODEL_URI`: a logged or registered model's loss and accuracy on a data set split.
+
+The model gets the split's raw images, as the data set stores them (what `cnnlab.export`
+models take); the data set is the one its run trained on (its logged `dataset.*` params,
+same train_size/val_size/test_size) unless `--dataset NAME` picks conf/dataset/NAME.yaml.
+It prints the metrics on one line and records them as a new MLflow run,
+`evaluate-<source run name>`, in the source run's experiment: tagged with the source run's
+id, its metrics linked to the logged model and to the split (an MLflow dataset input), and
+the confusion matrix as an artifact. The run is created only once the metrics exist.
+
+Example:
+    python -m cnnlab.evaluate runs:/<run_id>/model                 # its data set's test split
+    python -m cnnlab.evaluate models:/mnist-cnn@champion --split val
+    python -m cnnlab.evaluate runs:/<run_id>/model --dataset fashion_mnist --tracking-uri sqlite:///x/mlflow.db
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cnnlab.cli import EXIT_TRACKING, Arguments, fail, run_command
+from cnnlab.data import SPLITS, raw_split
+from cnnlab.errors import ConfigError
+from cnnlab.model_ref import check_fits, load_pyfunc, option_dataset, resolve, run_dataset
+from cnnlab.plots import confusion_counts, confusion_matrix
+from cnnlab.store import artifact_location, open_store, redact_uri, resolve_uri, sqlite_path
+from cnnlab.tracking import ensure_experiment, flatten
+
+CONTEXT = {"train": "train", "val": "validation", "test": "test"}  # MLflow's dataset context names
+SOURCE_TAG = "cnnlab.source_run_id"
+
+
+def arguments() -> Arguments:
+    p = Arguments(prog="python -m cnnlab.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("model_uri", metavar="MODEL_URI", help="runs:/<run_id>/model, models:/<name>@<alias>, ...")
+    p.add_argument("--split", choices=SPLITS, default="test", help="which split (default: test)")
+    p.add_argument("--dataset", metavar="NAME", help="a conf/dataset option (default: the one the run trained on)")
+    p.add_argument("--tracking-uri", metavar="URI", help="the MLflow store (default: $MLFLOW_TRACKING_URI, "
+                                                         "else <repo>/mlruns/mlflow.db)")
+    return p
+
+
+def open_client(tracking_uri: str | None):
+    """An MlflowClient on the store to read; one line for a store that is not there."""
+    uri = resolve_uri(tracking_uri)
+    key = "MLFLOW_TRACKING_URI" if not tracking_uri and os.environ.get("MLFLOW_TRACKING_URI") else "--tracking-uri"
+    path = sqlite_path(uri)
+    if path is not None and not path.is_file():
+        raise ConfigError(key, f"no MLflow store at {path} (no run has recorded there)")
+    with open_store(uri):  # one bounded check: a dead server is one line, not minutes of retries
+        import mlflow
+        from mlflow import MlflowClient
+
+        mlflow.set_tracking_uri(uri)  # pyfunc.load_model and the registry resolve URIs through it
+        return MlflowClient(uri)
+
+
+def scores(probabilities: np.ndarray, labels: np.ndarray, split: str) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of class probabilities.
+
+    `mlflow.models.evaluate` is the field's tool for this, but it takes 2-D tables only (its
+    EvaluationDataset refuses an N×H×W×C array), so the two numbers are computed here.
+    Probabilities are clipped as Keras's cross-entropy does (1e-7), so a loss is never infinite.
+
+    >>> m = scores(np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]), np.array([0, 1, 1]), "test")
+    >>> {k: round(v, 4) for k, v in m.items()}
+    {'test_loss': 0.4149, 'test_accuracy': 0.6667}
+    """
+    p = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0)
+    loss = float(-np.mean(np.log(p)))
+    accuracy = float(np.mean(np.argmax(probabilities, axis=-1) == labels))
+    return {f"{split}_loss": loss, f"{split}_accuracy": accuracy}
+
+
+def predict(model, x: np.ndarray, batch: int = 2000) -> np.ndarray:
+    """The pyfunc model's probabilities for `x`, a batch at a time (bounded memory for any split)."""
+    return np.concatenate([np.asarray(model.predict(x[i : i + batch])) for i in range(0, len(x), batch)])
+
+
+def evaluate(argv: list[str]) -> dict:
+    args = arguments().parse_args(argv)
+    client = open_client(args.tracking_uri)
+    ref = resolve(client, args.model_uri)
+    dataset = option_dataset(args.dataset) if args.dataset else run_dataset(ref)
+    check_fits(ref, dataset, bool(args.dataset))
+    x, y, raw = raw_split(dataset, args.split)
+    if not len(x):
+        raise ConfigError("--split", f"{args.split}: {dataset['name']} holds no {args.split} images "
+                                     f"(dataset.val_size is {dataset['val_size']})")
+    if x.dtype != ref.dtype and not np.can_cast(x.dtype, ref.dtype, "safe"):
+        raise ConfigError("--dataset" if args.dataset else "MODEL_URI",
+                          f"{dataset['name']} holds {x.dtype} pixels but {ref.uri} takes {ref.dtype} images")
+    started = time.perf_counter()
+    model = load_pyfunc(ref.uri)  # imports TensorFlow: only once all the checks passed
+    probabilities = predict(model, x.astype(ref.dtype, copy=False))
+    metrics = scores(probabilities, y, args.split)
+    matrix = confusion_counts(y, np.argmax(probabilities, axis=-1), ref.classes)
+    seconds = time.perf_counter() - started
+    run_id = record(client, ref, dataset, args.split, raw.source, x, y, metrics, matrix)
+    print(f"{ref.uri} on {dataset['name']} {args.split} ({len(x)} images): "
+          + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + f" ({seconds:.1f} s), MLflow run {run_id}")
+    return {**metrics, "run_id": run_id}
+
+
+def record(client, ref, dataset: dict, split: str, source: str, x, y, metrics: dict, matrix) -> str:
+    """The evaluation as a new, FINISHED MLflow run; one that fails part way ends FAILED with the reason."""
+    from mlflow.entities import LoggedModelInput, Metric, Param
+
+    uri = client.tracking_uri
+    data_input = split_input(dataset["name"], split, source, x, y)
+    with tempfile.TemporaryDirectory() as folder:
+        figure = Path(folder) / "confusion_matrix.png"  # drawn before the run exists: less to fail after
+        confusion_matrix(matrix, f"{ref.run_name}: {dataset['name']} {split}", figure)
+        with open_store(uri):
+            experiment = ref.run.info.experiment_id if ref.run else ensure_experiment(client, "cnnlab",
+                                                                                      artifact_location(uri))
+            tags = {"cnnlab.evaluation": split, "cnnlab.model_uri": ref.uri, "mlflow.note.content":
+                    f"Evaluation of {ref.uri} on {dataset['name']} {split} ({len(x)} images)"}
+            if ref.run:
+                tags[SOURCE_TAG] = ref.run.info.run_id
+            run_id = client.create_run(experiment, run_name=f"evaluate-{ref.run_name}", tags=tags).info.run_id
+        try:
+            client.log_inputs(run_id, datasets=[data_input],
+                              models=[LoggedModelInput(ref.model_id)] if ref.model_id else None)
+            params = {**flatten({"dataset": dataset}), "split": split, "model_uri": ref.uri}
+            now, d = int(time.time() * 1000), data_input.dataset
+            client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
+                             metrics=[Metric(k, v, now, 0, model_id=ref.model_id, dataset_name=d.name,
+                                             dataset_digest=d.digest) for k, v in metrics.items()])
+            client.log_artifact(run_id, str(figure))
+            client.log_dict(run_id, {"labels": list(range(len(matrix))), "matrix": matrix.tolist()},
+                            "confusion_matrix.json")
+            client.set_terminated(run_id, "FINISHED")
+        except BaseException as e:
+            status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+            try:
+                client.set_tag(run_id, "error", f"{type(e).__name__}: {e}"[:500])  # as a failed training run's
+                client.set_terminated(run_id, status)
+            except Exception:
+                pass  # the store itself broke: the line below says so
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            fail(f"cannot record the evaluation in MLflow at {redact_uri(uri)!r} (run {run_id} is {status}): "
+                 f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", EXIT_TRACKING)
+    return run_id
+
+
+def split_input(name: str, split: str, source: str, x, y):
+    """The split as an MLflow dataset input: `<data set>-<context>`, as training runs name theirs."""
+    from mlflow.data.digest_utils import compute_numpy_digest
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    kind = "code" if source == "synthetic" or source.startswith("keras.datasets.") else "local"
+    profile = {"num_rows": len(x), "image_shape": list(x.shape[1:]), "raw_dtype": str(x.dtype)}
+    return DatasetInput(Dataset(f"{name}-{CONTEXT[split]}", compute_numpy_digest(x, y), kind,
+                                json.dumps({"uri": source}), profile=json.dumps(profile)),
+                        tags=[InputTag(MLFLOW_DATASET_CONTEXT, CONTEXT[split])])
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_command(evaluate, sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    main()
