@@ -61,26 +61,27 @@ def test_run_is_fully_recorded(compose, tmp_path):
     for name in ("train_loss", "train_accuracy"):  # trainer.log_every=10
         assert [m.step for m in client.get_metric_history(r.info.run_id, name)] == [10, 20, 30, 40]
     artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
-    assert {"config.yaml", "shape_table.txt", "learning_curve.png", "confusion_matrix.png",
-            "model.keras"} <= artifacts
+    assert {"config.yaml", "shape_table.txt", "learning_curve.png", "confusion_matrix.png"} <= artifacts
     # artifacts live beside the SQLite file, not in the working directory
     assert (tmp_path / "artifacts").is_dir()
 
 
-def test_saved_model_reloads_and_predicts_like_the_run(compose, tmp_path):
-    from mlflow.artifacts import download_artifacts
+def test_logged_model_reloads_and_predicts_like_the_run(compose, tmp_path, monkeypatch):
+    """The logged model takes the data set's raw pixels (uint8) and classifies them as the run's evaluation did."""
+    import mlflow.pyfunc
+    import numpy as np
 
-    from cnnlab.backend import keras
-    from cnnlab.data import load_data
+    from cnnlab.data import load_data, synthetic_arrays
 
     uri = store(tmp_path)
     run = check_config(compose(*FAST, f"tracking.uri={uri}"))
     result = train(run)
-    local = download_artifacts(run_id=result["run_id"], artifact_path="model.keras", tracking_uri=uri,
-                               dst_path=str(tmp_path / "dl"))
-    model = keras.models.load_model(local)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # runs:/ URIs resolve against it
+    model = mlflow.pyfunc.load_model(f"runs:/{result['run_id']}/model")
     data = load_data(run.dataset)
-    accuracy = (model.predict(data.x_test, verbose=0).argmax(-1) == data.y_test).mean()
+    raw_test = synthetic_arrays(run.dataset)[2][: len(data.y_test)]
+    assert raw_test.dtype == np.uint8
+    accuracy = (model.predict(raw_test).argmax(-1) == data.y_test).mean()
     assert accuracy == pytest.approx(result["test_accuracy"])
 
 

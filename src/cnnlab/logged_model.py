@@ -75,40 +75,32 @@ def log_model(client, run_id: str, folder: Path, name: str, step: int, register_
     Safe to call again after a failure part way (the helper retries during an outage, a spool
     replays it): an unfinished model of this run and name is reused, not duplicated.
     """
-    from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, RunTag
     from mlflow.models import Model
 
     run = client.get_run(run_id)
     model = unfinished(client, run, name) or client.create_logged_model(
         run.info.experiment_id, name=name, source_run_id=run_id, params=dict(run.data.params), model_type="keras")
-    try:
-        outputs = run.outputs.model_outputs if run.outputs else []
-        if model.model_id not in {o.model_id for o in outputs}:
-            client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=step)])
-        # the run's metrics at the model's step (test accuracy, last validation) also become the model's
-        linked = [Metric(m.key, m.value, m.timestamp, m.step, model_id=model.model_id, run_id=run_id)
-                  for key in run.data.metrics for m in client.get_metric_history(run_id, key) if m.step == step]
-        if linked:
-            client.log_batch(run_id, metrics=linked)
-        # the folder was saved before the model existed: name it in MLmodel, as Model.log does
-        mlmodel = Model.load(str(folder / "MLmodel"))
-        mlmodel.run_id, mlmodel.artifact_path = run_id, model.artifact_location
-        mlmodel.model_uuid = mlmodel.model_id = model.model_id
-        mlmodel.save(str(folder / "MLmodel"))
-        client.log_model_artifacts(model.model_id, str(folder))
-        client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
-    except Exception as e:
-        from cnnlab.spool import unreachable
-
-        if not unreachable(e):  # a server that is away cannot be told; a retry reuses the model
-            client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
-        raise
+    outputs = run.outputs.model_outputs if run.outputs else []
+    if model.model_id not in {o.model_id for o in outputs}:
+        client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=step)])
+    # the run's metrics at the model's step (test accuracy, last validation) also become the model's
+    linked = [Metric(m.key, m.value, m.timestamp, m.step, model_id=model.model_id, run_id=run_id)
+              for key in run.data.metrics for m in client.get_metric_history(run_id, key) if m.step == step]
+    if linked:
+        client.log_batch(run_id, metrics=linked)
+    # the folder was saved before the model existed: name it in MLmodel, as Model.log does
+    mlmodel = Model.load(str(folder / "MLmodel"))
+    mlmodel.run_id, mlmodel.artifact_path = run_id, model.artifact_location
+    mlmodel.model_uuid = mlmodel.model_id = model.model_id
+    mlmodel.save(str(folder / "MLmodel"))
+    client.log_model_artifacts(model.model_id, str(folder))
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    # a failure before this leaves the model PENDING, and a retry (outage, spool) reuses it
     tags = {"model.uri": f"runs:/{run_id}/{name}", "model.id": model.model_id}
     if register_as:
         version = register(client, register_as, model.model_id, run_id)
         tags.update({"model.registered_name": register_as, "model.registered_version": str(version)})
-    from mlflow.entities import RunTag
-
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     return model.model_id
 
