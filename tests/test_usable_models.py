@@ -1,6 +1,7 @@
 """A run's model is usable (issue 15): runs:/<id>/model via pyfunc and `mlflow models serve`, the registry, datasets.
 
 One real MNIST run (LeNet-5, a few dozen steps, a real SQLite store) serves every test in this module.
+`tracking.log_model=false` and a diverged run logging no model: tests/test_train.py.
 """
 
 from __future__ import annotations
@@ -173,21 +174,6 @@ def test_a_spooled_model_uploads_as_the_runs_logged_model(trained, tmp_path, mon
     models = client.search_logged_models(experiment_ids=[client.get_run(tracker.run_id).info.experiment_id])
     assert [(m.source_run_id, str(m.status)) for m in models] == [(tracker.run_id, "READY")]
     assert client.get_run(tracker.run_id).outputs.model_outputs[0].step == 7
-
-
-def test_log_model_false_logs_no_model_but_the_datasets(compose, tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    run = check_config(compose("model=tiny", "dataset=synthetic", "trainer.steps=10", "trainer.eval_every=10",
-                               "trainer.verbose=0", f"tracking.uri={uri}", "tracking.log_model=false"))
-    result = train(run)
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    r = client.get_run(result["run_id"])
-    assert r.info.status == "FINISHED"
-    assert client.search_logged_models(experiment_ids=[r.info.experiment_id]) == []
-    assert "export_cpu_seconds" not in r.data.metrics and "model.uri" not in r.data.tags
-    assert {i.dataset.source_type for i in r.inputs.dataset_inputs} == {"code"}  # synthetic: made by code
 
 
 @pytest.mark.parametrize("value, message", [

@@ -7,6 +7,9 @@ set stores them (e.g. uint8 28×28×1), to class probabilities. `save` writes it
 MLflow's Keras flavor and a signature naming that input, so
 `mlflow.pyfunc.load_model(uri).predict(raw_images)` and `mlflow models serve` just work.
 
+In a run, `save_run_model` does both (timing itself) and the MLflow helper process uploads the
+folder as the run's logged model (`cnnlab.logged_model`).
+
 Example:
     >>> served = serving_model(model, (28, 28, 1), "uint8", (0.0, 255.0), from_logits=True)  # doctest: +SKIP
     >>> save(served, "/tmp/m")                                                                # doctest: +SKIP
@@ -84,9 +87,16 @@ def save_run_model(model, data, from_logits: bool) -> tuple[Path, dict[str, floa
     Also returns what the export cost this process: `export_seconds` and `export_cpu_seconds`
     (CPU time of all its threads), which the run records.
     """
+    import shutil
+
     started, cpu = time.perf_counter(), time.process_time()
     served = serving_model(model, data.x_test.shape[1:], data.raw_dtype, data.pixel_range, from_logits)
-    folder = save(served, tempfile.mkdtemp(prefix="cnnlab-model-"))
+    folder = Path(tempfile.mkdtemp(prefix="cnnlab-model-"))
+    try:
+        save(served, folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # never a half-saved model left behind, or uploaded
+        raise
     return folder, {"export_seconds": time.perf_counter() - started, "export_cpu_seconds": time.process_time() - cpu}
 
 
