@@ -54,7 +54,9 @@ def signature(model):
 
     (_, *shape) = model.inputs[0].shape
     classes = model.outputs[0].shape[-1]
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(model.inputs[0].dtype), (-1, *shape), "image")]),
+    # the input unnamed: pyfunc then hands the array to Keras as it is (a named one arrives as a dict,
+    # which Keras warns about on every predict); REST callers send {"inputs": [...]} either way
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(model.inputs[0].dtype), (-1, *shape))]),
                           outputs=Schema([TensorSpec(np.dtype("float32"), (-1, classes), "probabilities")]))
 
 
