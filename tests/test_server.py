@@ -144,10 +144,13 @@ def test_authenticated_run_records_metrics_and_artifacts_through_the_proxy(resta
     run = client.get_run(restarted_run["run_id"])
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # the server stores them: clients need no storage
     names = {f.path for f in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "model.keras", "learning_curve.png"} <= names
+    assert {"config.yaml", "learning_curve.png"} <= names
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert [(m.source_run_id, str(m.status)) for m in models if m.source_run_id == run.info.run_id] == [
+        (run.info.run_id, "READY")]  # the MLflow model, uploaded through the proxy too
     local = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
     assert "tiny" in open(local).read()
-    assert any((server.mlflow.folder / "artifacts").rglob("model.keras"))  # behind the proxy, on the server's disk
+    assert any((server.mlflow.folder / "artifacts").rglob("MLmodel"))  # behind the proxy, on the server's disk
 
 
 def test_credentials_are_never_recorded(restarted_run, client, server):

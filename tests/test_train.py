@@ -61,26 +61,27 @@ def test_run_is_fully_recorded(compose, tmp_path):
     for name in ("train_loss", "train_accuracy"):  # trainer.log_every=10
         assert [m.step for m in client.get_metric_history(r.info.run_id, name)] == [10, 20, 30, 40]
     artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
-    assert {"config.yaml", "shape_table.txt", "learning_curve.png", "confusion_matrix.png",
-            "model.keras"} <= artifacts
+    assert {"config.yaml", "shape_table.txt", "learning_curve.png", "confusion_matrix.png"} <= artifacts
     # artifacts live beside the SQLite file, not in the working directory
     assert (tmp_path / "artifacts").is_dir()
 
 
-def test_saved_model_reloads_and_predicts_like_the_run(compose, tmp_path):
-    from mlflow.artifacts import download_artifacts
+def test_logged_model_reloads_and_predicts_like_the_run(compose, tmp_path, monkeypatch):
+    """The logged model takes the data set's raw pixels (uint8) and classifies them as the run's evaluation did."""
+    import mlflow.pyfunc
+    import numpy as np
 
-    from cnnlab.backend import keras
-    from cnnlab.data import load_data
+    from cnnlab.data import load_data, synthetic_arrays
 
     uri = store(tmp_path)
     run = check_config(compose(*FAST, f"tracking.uri={uri}"))
     result = train(run)
-    local = download_artifacts(run_id=result["run_id"], artifact_path="model.keras", tracking_uri=uri,
-                               dst_path=str(tmp_path / "dl"))
-    model = keras.models.load_model(local)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # runs:/ URIs resolve against it
+    model = mlflow.pyfunc.load_model(f"runs:/{result['run_id']}/model")
     data = load_data(run.dataset)
-    accuracy = (model.predict(data.x_test, verbose=0).argmax(-1) == data.y_test).mean()
+    raw_test = synthetic_arrays(run.dataset)[2][: len(data.y_test)]
+    assert raw_test.dtype == np.uint8
+    accuracy = (model.predict(raw_test).argmax(-1) == data.y_test).mean()
     assert accuracy == pytest.approx(result["test_accuracy"])
 
 
@@ -117,9 +118,10 @@ def test_divergence_marks_run_failed(compose, tmp_path):
     run = check_config(compose(*DIVERGES, f"tracking.uri={uri}", "trainer.checkpoint_every=1"))
     with pytest.raises(Diverged) as info:
         train(run)
-    _, found = runs(uri)
+    client, found = runs(uri)
     assert len(found) == 1 and found[0].info.status == "FAILED"
     assert found[0].data.tags["diverged"] == "true"
+    assert client.search_logged_models(experiment_ids=[found[0].info.experiment_id]) == []  # no model to use
     assert int(found[0].data.tags["diverged_at_step"]) == info.value.step <= 40
     assert not list(tmp_path.glob("**/latest.json"))  # no checkpoint kept: resuming would diverge again
 
@@ -144,20 +146,25 @@ def test_fast_paths_train(compose, fast_path):
 
 
 def test_mixed_precision_auto_uses_bfloat16_only_where_native(compose, tmp_path):
-    """`auto` picks mixed_bfloat16 on a CPU with AMX/AVX512-BF16 (emulated bf16 elsewhere is far slower)."""
+    """`auto` picks mixed_bfloat16 on a CPU with AMX/AVX512-BF16 (emulated bf16 elsewhere is far slower).
+
+    Also: `tracking.log_model=false` logs no model, but still the data sets.
+    """
     import tensorflow as tf
 
-    if tf.config.list_physical_devices("GPU"):
-        pytest.skip("the CPU rule; a GPU decides by its compute capability")
     flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
     expected = "mixed_bfloat16" if {"amx_bf16", "avx512_bf16"} & set(flags) else "float32"
     uri = store(tmp_path)
     result = train(check_config(compose(*FAST, f"tracking.uri={uri}", "tracking.log_model=false",
                                         "trainer.mixed_precision=auto")))
-    _, (run,) = runs(uri)
-    assert run.data.tags["dtype_policy"] == expected
+    client, (run,) = runs(uri)
+    assert client.search_logged_models(experiment_ids=[run.info.experiment_id]) == []
+    assert "export_cpu_seconds" not in run.data.metrics and "model.uri" not in run.data.tags
+    assert {i.dataset.source_type for i in run.inputs.dataset_inputs} == {"code"}  # synthetic: made by code
     assert run.data.params["trainer.mixed_precision"] == "auto"
     assert result["test_accuracy"] > 0.9
+    if not tf.config.list_physical_devices("GPU"):  # the CPU rule; a GPU decides by its compute capability
+        assert run.data.tags["dtype_policy"] == expected
 
 
 def test_missing_data_file_creates_no_run(compose, tmp_path):

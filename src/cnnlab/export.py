@@ -7,6 +7,9 @@ set stores them (e.g. uint8 28×28×1), to class probabilities. `save` writes it
 MLflow's Keras flavor and a signature naming that input, so
 `mlflow.pyfunc.load_model(uri).predict(raw_images)` and `mlflow models serve` just work.
 
+In a run, `save_run_model` does both (timing itself) and the MLflow helper process uploads the
+folder as the run's logged model (`cnnlab.logged_model`).
+
 Example:
     >>> served = serving_model(model, (28, 28, 1), "uint8", (0.0, 255.0), from_logits=True)  # doctest: +SKIP
     >>> save(served, "/tmp/m")                                                                # doctest: +SKIP
@@ -17,6 +20,8 @@ Example:
 from __future__ import annotations
 
 import importlib.metadata as md
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +54,9 @@ def signature(model):
 
     (_, *shape) = model.inputs[0].shape
     classes = model.outputs[0].shape[-1]
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(model.inputs[0].dtype), (-1, *shape), "image")]),
+    # the input unnamed: pyfunc then hands the array to Keras as it is (a named one arrives as a dict,
+    # which Keras warns about on every predict); REST callers send {"inputs": [...]} either way
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(model.inputs[0].dtype), (-1, *shape))]),
                           outputs=Schema([TensorSpec(np.dtype("float32"), (-1, classes), "probabilities")]))
 
 
@@ -74,6 +81,25 @@ def save(model, path) -> Path:
     path = Path(path)
     mlflow.keras.save_model(model, str(path), signature=signature(model), pip_requirements=requirements())
     return path
+
+
+def save_run_model(model, data, from_logits: bool) -> tuple[Path, dict[str, float]]:
+    """A trained network as a serving model for `data`'s raw images, saved in a new temporary folder.
+
+    Also returns what the export cost this process: `export_seconds` and `export_cpu_seconds`
+    (CPU time of all its threads), which the run records.
+    """
+    import shutil
+
+    started, cpu = time.perf_counter(), time.process_time()
+    served = serving_model(model, data.x_test.shape[1:], data.raw_dtype, data.pixel_range, from_logits)
+    folder = Path(tempfile.mkdtemp(prefix="cnnlab-model-"))
+    try:
+        save(served, folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # never a half-saved model left behind, or uploaded
+        raise
+    return folder, {"export_seconds": time.perf_counter() - started, "export_cpu_seconds": time.process_time() - cpu}
 
 
 def input_spec(pyfunc_model) -> tuple[tuple[int, ...], np.dtype]:

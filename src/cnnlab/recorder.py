@@ -1,9 +1,9 @@
 """Everything a run records, behind one object: `Recorder` (MLflow, via a helper process) or `NullRecorder`.
 
 The methods follow a run's life: `start` (or reopen one: `resume=`), `log_setup` (params and tags),
-`log_diagnostics`, `confirm` (the store took the run: before any training
+`log_datasets`, `log_diagnostics`, `confirm` (the store took the run: before any training
 time is spent), `log_eval` (each evaluation), `check` (each step: has
-tracking failed?), `log_final`, `log_outputs` (files and plots), `end`.
+tracking failed?), `log_final`, `log_outputs` (files and plots), `log_model`, `end`.
 Each call returns at once; the helper process (`cnnlab.tracking_worker`)
 runs them in order. A failed call, or a helper that dies, surfaces at the
 next `check` as TrackingError, so training stops within a step.
@@ -81,6 +81,10 @@ class Recorder:
         self._call("log_params", params)
         self._call("set_tags", tags)
 
+    def log_datasets(self, inputs: list[dict]) -> None:
+        """The data splits (`cnnlab.logged_model.dataset_inputs`: plain dicts) as the run's dataset inputs."""
+        self._call("log_datasets", inputs)
+
     def log_diagnostics(self, metrics: dict[str, float]) -> None:
         self._call("log_metrics", 0, metrics)
 
@@ -112,6 +116,11 @@ class Recorder:
         for fn, *args in figures:
             self._send("run", fn, args, {})
         self._call("log_artifacts", str(folder))
+        self._send("run", shutil.rmtree, (folder,), {"ignore_errors": True})
+
+    def log_model(self, folder: Path, step: int, register_as: str | None) -> None:
+        """Upload the MLflow model saved in `folder` as the run's logged model "model", then delete it."""
+        self._call("log_model", str(folder), "model", step, register_as)
         self._send("run", shutil.rmtree, (folder,), {"ignore_errors": True})
 
     def end(self, status: str) -> None:
@@ -302,12 +311,8 @@ def run_tags(run, data, overrides, choices, keras) -> dict[str, str]:
     }
 
 
-def run_files(run, model=None) -> Path:
-    """A new folder with config.yaml, shape_table.txt and, when training finished, model.keras.
-
-    The model is written under a temporary name and renamed once whole, so a full
-    disk can never leave a truncated model.keras to be uploaded.
-    """
+def run_files(run) -> Path:
+    """A new folder with config.yaml and shape_table.txt (the model goes up apart: `Recorder.log_model`)."""
     from omegaconf import OmegaConf
 
     from cnnlab.builder import shape_table
@@ -315,11 +320,4 @@ def run_files(run, model=None) -> Path:
     folder = Path(tempfile.mkdtemp(prefix="cnnlab-"))
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run.resolved)))
     (folder / "shape_table.txt").write_text(shape_table(run.arch) + "\n")
-    if model is not None and run.tracking["log_model"]:
-        partial = folder.parent / f"{folder.name}.model.keras"
-        try:
-            model.save(partial)
-            partial.rename(folder / "model.keras")
-        finally:
-            partial.unlink(missing_ok=True)
     return folder

@@ -4,7 +4,7 @@ A passing outage costs nothing: the helper process tries a call again every 2 s 
 5 minutes (`$CNNLAB_OUTAGE_SECONDS`, default 300), while training goes on, then sends
 everything it queued meanwhile. When a call still fails for want of the server, the helper
 (`cnnlab.tracking_worker`) stops calling it and writes that call and every later one
-(metrics, tags, artifacts, the run's end) to a spool folder,
+(metrics, tags, artifacts, the model, the run's end) to a spool folder,
 `mlruns/spool/<run_id>/` (`$CNNLAB_SPOOL_DIR/<run_id>/` if set); training finishes,
 and the run prints one warning line naming the folder. Nothing is dropped:
 
@@ -65,10 +65,10 @@ class Spool:
 
     def call(self, method: str, args: tuple) -> None:
         """Keep one Tracker call; a folder to upload is copied now (the run deletes its own afterwards)."""
-        if method == "log_artifacts":
+        if method in ("log_artifacts", "log_model"):  # a folder: the artifacts, or an MLflow model
             copy = self.folder / f"artifacts-{self.count}"
             shutil.copytree(args[0], copy, dirs_exist_ok=True)
-            args = (str(copy),)
+            args = (str(copy), *args[1:])
         elif method == "log_metrics":
             args = (*args[:2], int(time.time() * 1000))  # the point's real time, not the upload's
         self._write({"call": method, "args": list(args)})

@@ -22,12 +22,32 @@ from cnnlab.errors import ConfigError
 from cnnlab.fields import Field, boolean, check_fields, optional, string
 from cnnlab.store import URI_ENV, artifact_location, open_store, redact_uri, resolve_uri
 
+
+def registered_name(v, path: str) -> str:
+    """A registered model's name, usable in `models:/<name>@<alias>` and `models:/<name>/<version>` URIs.
+
+    >>> registered_name("mnist-lenet5", "tracking.register_as")
+    'mnist-lenet5'
+    >>> registered_name("a/b", "tracking.register_as")
+    Traceback (most recent call last):
+    ...
+    cnnlab.errors.ConfigError: tracking.register_as: 'a/b' may not contain / : @ or quotes (models:/<name>@<alias> must parse)
+    """
+    v = string(v, path)
+    if v != v.strip():
+        raise ConfigError(path, f"{v!r} starts or ends with whitespace")
+    if any(c in v for c in "/:@'\""):  # they separate the parts of models:/ URIs and of search filters
+        raise ConfigError(path, f"{v!r} may not contain / : @ or quotes (models:/<name>@<alias> must parse)")
+    return v
+
+
 TRACKING_FIELDS = {
     "enabled": Field(boolean, True),
     "uri": Field(optional(string), None),
     "experiment": Field(string, "cnnlab"),
     "run_name": Field(optional(string), None),
-    "log_model": Field(boolean, True),
+    "log_model": Field(boolean, True),  # the trained model as an MLflow model at runs:/<id>/model
+    "register_as": Field(optional(registered_name), None),  # also a new version of this registered model
     "server": Field(boolean, False),  # tracking=server: a team's MLflow server, named by $MLFLOW_TRACKING_URI
     # a sweep on other machines (Ray with an address, SLURM) may record to a SQLite/file store only if
     # every node sees the same path (cnnlab.cluster.check_reachable_store)
@@ -36,7 +56,11 @@ TRACKING_FIELDS = {
 
 
 def check_tracking(cfg, path: str = "tracking") -> dict:
-    return check_fields(cfg, TRACKING_FIELDS, path)
+    spec = check_fields(cfg, TRACKING_FIELDS, path)
+    if spec["register_as"] and spec["enabled"] and not spec["log_model"]:
+        raise ConfigError(f"{path}.register_as", f"{spec['register_as']!r} needs a logged model, "
+                                                 f"but {path}.log_model is false")
+    return spec
 
 
 def tracking_uri(spec: dict) -> str:
@@ -168,6 +192,20 @@ class Tracker:
             except Exception:
                 self._remove_partial(Path(folder))
                 raise
+
+    def log_model(self, folder, name: str = "model", step: int = 0, register_as: str | None = None) -> None:
+        """Upload the MLflow model saved in `folder` as this run's logged model `name` (`cnnlab.logged_model`)."""
+        from cnnlab.logged_model import log_model
+
+        with self._clock():
+            log_model(self.client, self.run_id, Path(folder), name, step, register_as)
+
+    def log_datasets(self, inputs: list[dict]) -> None:
+        """The run's data splits as MLflow dataset inputs (`cnnlab.logged_model.dataset_inputs`)."""
+        from cnnlab.logged_model import log_datasets
+
+        with self._clock():
+            log_datasets(self.client, self.run_id, inputs)
 
     def _remove_partial(self, folder: Path) -> None:
         from urllib.parse import unquote

@@ -20,6 +20,8 @@ from cnnlab.builder import build_model, verify_model
 from cnnlab.checkpoints import checkpoint_root, latest, remove, restore
 from cnnlab.data import load_data
 from cnnlab.errors import ConfigError
+from cnnlab.export import save_run_model
+from cnnlab.logged_model import dataset_inputs
 from cnnlab.plots import confusion_counts, confusion_matrix, run_figures
 from cnnlab.runlog import log_path, say
 from cnnlab.recorder import NullRecorder, Recorder, TrackingError, run_files, run_tags
@@ -124,6 +126,8 @@ def train_and_record(run, data, recorder, name: str, overrides, choices) -> dict
 
     model, from_logits, keras = prepare_model(run, total_steps(run.trainer, len(data.x_train)))
     recorder.log_setup(flatten(run.resolved), run_tags(run, data, overrides, choices, keras))
+    if recorder.enabled:  # what the run trains, validates and tests on: the UI's Dataset column
+        recorder.log_datasets(dataset_inputs(data, run.dataset["name"]))
     batch = slice(0, run.trainer["batch_size"])
     diag = init_diagnostics(model, data.x_train[batch], data.y_train[batch], from_logits)
     recorder.log_diagnostics(diagnostics_metrics(diag))
@@ -157,8 +161,8 @@ def train_and_record(run, data, recorder, name: str, overrides, choices) -> dict
     recorder.log_final(result.steps, {k: v for k, v in final.items() if k != "initial_loss"}, tags)
 
     if recorder.enabled:
-        folder = run_files(run, model if predicted is not None else None)
-        if result.best and predicted is not None:  # trainer.keep_best: beside model.keras
+        folder = run_files(run)
+        if result.best and predicted is not None:  # trainer.keep_best: the best evaluation's weights
             shutil.copy(saves / "best.weights.h5", folder / "best.weights.h5")
         log = log_path()
         if log and log.is_file():  # the job's log so far (Hydra's run.log): the run's console
@@ -168,10 +172,14 @@ def train_and_record(run, data, recorder, name: str, overrides, choices) -> dict
             matrix = confusion_counts(data.y_test, predicted, run.dataset["num_classes"])  # small to send
             figures.append((confusion_matrix, matrix, f"{name}: test set", folder / "confusion_matrix.png"))
         recorder.log_outputs(folder, figures)
+        export = {}
+        if predicted is not None and run.tracking["log_model"]:  # runs:/<id>/model, raw images in
+            model_folder, export = save_run_model(model, data, from_logits)
+            recorder.log_model(model_folder, result.steps, run.tracking["register_as"])
         recorder.flush()
         # what MLflow cost: its own time (in the helper process) and the time the run waited for it
         recorder.log_final(result.steps, {"tracking_seconds": recorder.seconds,
-                                          "tracking_wait_seconds": recorder.waited}, {})
+                                          "tracking_wait_seconds": recorder.waited, **export}, {})
     if result.diverged:
         if saves:
             remove(saves)  # resuming would only diverge again
