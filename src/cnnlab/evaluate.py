@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -27,7 +26,9 @@ import numpy as np
 
 from cnnlab.cli import EXIT_TRACKING, Arguments, fail, run_command
 from cnnlab.data import SPLITS, raw_split
+from cnnlab.data_checks import scale_pixels
 from cnnlab.errors import ConfigError
+from cnnlab.logged_model import dataset_input, split_input
 from cnnlab.model_ref import check_fits, load_pyfunc, option_dataset, resolve, run_dataset
 from cnnlab.plots import confusion_counts, confusion_matrix
 from cnnlab.store import artifact_location, open_store, redact_uri, resolve_uri, sqlite_path
@@ -103,18 +104,24 @@ def evaluate(argv: list[str]) -> dict:
     metrics = scores(probabilities, y, args.split)
     matrix = confusion_counts(y, np.argmax(probabilities, axis=-1), ref.classes)
     seconds = time.perf_counter() - started
-    run_id = record(client, ref, dataset, args.split, raw.source, x, y, metrics, matrix)
+    # described as a training run describes it (the images scaled as it trained on them): the same digest
+    data = split_input(f"{dataset['name']}-{CONTEXT[args.split]}", CONTEXT[args.split],
+                       scale_pixels(x, raw.pixel_range), y, raw.source, raw.raw_dtype)
+    run_id = record(client, ref, dataset, args.split, data, metrics, matrix)
     print(f"{ref.uri} on {dataset['name']} {args.split} ({len(x)} images): "
           + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + f" ({seconds:.1f} s), MLflow run {run_id}")
     return {**metrics, "run_id": run_id}
 
 
-def record(client, ref, dataset: dict, split: str, source: str, x, y, metrics: dict, matrix) -> str:
-    """The evaluation as a new, FINISHED MLflow run; one that fails part way ends FAILED with the reason."""
+def record(client, ref, dataset: dict, split: str, data: dict, metrics: dict, matrix) -> str:
+    """The evaluation as a new, FINISHED MLflow run; one that fails part way ends FAILED with the reason.
+
+    `data` is the split as `cnnlab.logged_model.split_input` describes it (the run's dataset input).
+    """
     from mlflow.entities import LoggedModelInput, Metric, Param
 
     uri = client.tracking_uri
-    data_input = split_input(dataset["name"], split, source, x, y)
+    data_input = dataset_input(data)
     with tempfile.TemporaryDirectory() as folder:
         figure = Path(folder) / "confusion_matrix.png"  # drawn before the run exists: less to fail after
         confusion_matrix(matrix, f"{ref.run_name}: {dataset['name']} {split}", figure)
@@ -122,7 +129,7 @@ def record(client, ref, dataset: dict, split: str, source: str, x, y, metrics: d
             experiment = ref.run.info.experiment_id if ref.run else ensure_experiment(client, "cnnlab",
                                                                                       artifact_location(uri))
             tags = {"cnnlab.evaluation": split, "cnnlab.model_uri": ref.uri, "mlflow.note.content":
-                    f"Evaluation of {ref.uri} on {dataset['name']} {split} ({len(x)} images)"}
+                    f"Evaluation of {ref.uri} on {dataset['name']} {split} ({data['rows']} images)"}
             if ref.run:
                 tags[SOURCE_TAG] = ref.run.info.run_id
             run_id = client.create_run(experiment, run_name=f"evaluate-{ref.run_name}", tags=tags).info.run_id
@@ -150,19 +157,6 @@ def record(client, ref, dataset: dict, split: str, source: str, x, y, metrics: d
             fail(f"cannot record the evaluation in MLflow at {redact_uri(uri)!r} (run {run_id} is {status}): "
                  f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", EXIT_TRACKING)
     return run_id
-
-
-def split_input(name: str, split: str, source: str, x, y):
-    """The split as an MLflow dataset input: `<data set>-<context>`, as training runs name theirs."""
-    from mlflow.data.digest_utils import compute_numpy_digest
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-
-    kind = "code" if source == "synthetic" or source.startswith("keras.datasets.") else "local"
-    profile = {"num_rows": len(x), "image_shape": list(x.shape[1:]), "raw_dtype": str(x.dtype)}
-    return DatasetInput(Dataset(f"{name}-{CONTEXT[split]}", compute_numpy_digest(x, y), kind,
-                                json.dumps({"uri": source}), profile=json.dumps(profile)),
-                        tags=[InputTag(MLFLOW_DATASET_CONTEXT, CONTEXT[split])])
 
 
 def main(argv: list[str] | None = None) -> None:

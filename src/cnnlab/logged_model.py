@@ -33,6 +33,8 @@ SAMPLE = 512  # images hashed per split: enough to tell data sets apart, cheap f
 def digest(x: np.ndarray, y: np.ndarray) -> str:
     """8 hex digits over the split's shape, dtype, all labels and up to SAMPLE evenly spaced images.
 
+    The one digest of a split in cnnlab (training runs' and evaluations' dataset inputs).
+
     >>> digest(np.zeros((3, 2)), np.arange(3)) == digest(np.zeros((3, 2)), np.arange(3))
     True
     >>> digest(np.zeros((3, 2)), np.arange(3)) == digest(np.zeros((3, 2)), np.array([0, 1, 1]))
@@ -44,29 +46,43 @@ def digest(x: np.ndarray, y: np.ndarray) -> str:
     return h.hexdigest()[:8]
 
 
+def split_input(name: str, context: str, x: np.ndarray, y: np.ndarray, source: str, raw_dtype: str) -> dict:
+    """One split as a plain dict for `dataset_input`; `x` as training sees it (scaled, `cnnlab.data.load_data`).
+
+    Training runs (`dataset_inputs`) and evaluations (`cnnlab.evaluate`) both describe a split
+    with it, so the same split has the same digest in both.
+
+    >>> d = split_input("demo-test", "test", np.zeros((4, 2, 2, 1), np.float32), np.arange(4), "x.npz", "uint8")
+    >>> d["rows"], d["shape"], d["dtype"], len(d["digest"])
+    (4, [2, 2, 1], 'uint8', 8)
+    """
+    return {"name": name, "context": context, "digest": digest(x, y), "source": source,
+            "rows": len(x), "shape": list(x.shape[1:]), "dtype": raw_dtype}
+
+
 def dataset_inputs(data, name: str) -> list[dict]:
     """The non-empty splits of `data` (a `cnnlab.data.Data`) as plain dicts for `log_datasets`."""
     splits = (("train", data.x_train, data.y_train), ("validation", data.x_val, data.y_val),
               ("test", data.x_test, data.y_test))
-    return [{"name": f"{name}-{context}", "context": context, "digest": digest(x, y), "source": data.source,
-             "rows": len(x), "shape": list(x.shape[1:]), "dtype": data.raw_dtype}
+    return [split_input(f"{name}-{context}", context, x, y, data.source, data.raw_dtype)
             for context, x, y in splits if len(x)]
 
 
-def log_datasets(client, run_id: str, inputs: list[dict]) -> None:
-    """Log `dataset_inputs(...)` on the run, each with its context tag (train/validation/test)."""
+def dataset_input(d: dict):
+    """A `split_input` dict as an MLflow DatasetInput, tagged with its context (train/validation/test)."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-    def source_type(source: str) -> str:
-        return "code" if source == "synthetic" or source.startswith("keras.datasets.") else "local"
+    kind = "code" if d["source"] == "synthetic" or d["source"].startswith("keras.datasets.") else "local"
+    return DatasetInput(Dataset(d["name"], d["digest"], kind, json.dumps({"uri": d["source"]}),
+                                profile=json.dumps({"num_rows": d["rows"], "image_shape": d["shape"],
+                                                    "raw_dtype": d["dtype"]})),
+                        tags=[InputTag(MLFLOW_DATASET_CONTEXT, d["context"])])
 
-    client.log_inputs(run_id, datasets=[
-        DatasetInput(Dataset(d["name"], d["digest"], source_type(d["source"]), json.dumps({"uri": d["source"]}),
-                             profile=json.dumps({"num_rows": d["rows"], "image_shape": d["shape"],
-                                                 "raw_dtype": d["dtype"]})),
-                     tags=[InputTag(MLFLOW_DATASET_CONTEXT, d["context"])])
-        for d in inputs])
+
+def log_datasets(client, run_id: str, inputs: list[dict]) -> None:
+    """Log `dataset_inputs(...)` on the run."""
+    client.log_inputs(run_id, datasets=[dataset_input(d) for d in inputs])
 
 
 def log_model(client, run_id: str, folder: Path, name: str, step: int, register_as: str | None) -> str:
