@@ -55,6 +55,7 @@ def test_training_batches_picks_the_configured_pipeline():
     assert isinstance(training_batches(x, y, {**trainer, "pipeline": "pydataset"}, STEPS), BatchStream)
     tensors = training_batches(x, y, {**trainer, "pipeline": "tensors"}, STEPS)
     assert isinstance(tensors, TFDatasetBatches)  # the suite runs on TensorFlow; JAX is covered by test_backends
+    assert isinstance(training_batches(x, y, {**trainer, "pipeline": "auto"}, STEPS), TFDatasetBatches)
     tensors.release()
     assert tensors.dataset is None
 

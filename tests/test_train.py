@@ -130,13 +130,14 @@ def test_same_seed_same_result(compose):
     a = train(check_config(compose(*FAST, "tracking=none", "trainer.deterministic=true")))
     b = train(check_config(compose(*FAST, "tracking=none", "trainer.deterministic=true")))
     assert a["test_loss"] == b["test_loss"]
-    # the tf.data pipeline feeds the very same batches: with op determinism, the very same run
-    c = train(check_config(compose(*FAST, "tracking=none", "trainer.deterministic=true", "trainer.pipeline=tensors")))
+    # the other pipeline (the default on TensorFlow is tf.data's, `tensors`) feeds the very same batches:
+    # with op determinism, the very same run
+    c = train(check_config(compose(*FAST, "tracking=none", "trainer.deterministic=true", "trainer.pipeline=pydataset")))
     assert c["test_loss"] == a["test_loss"]
 
 
 @pytest.mark.parametrize("fast_path", ["trainer.jit_compile=true", "trainer.steps_per_execution=5",
-                                       "trainer.mixed_precision=mixed_bfloat16", "trainer.pipeline=tensors"])
+                                       "trainer.mixed_precision=mixed_bfloat16", "trainer.pipeline=pydataset"])
 def test_fast_paths_train(compose, fast_path):
     result = train(check_config(compose(*FAST, "tracking=none", fast_path)))
     assert result["test_accuracy"] > 0.9  # chance is 0.1

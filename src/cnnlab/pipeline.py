@@ -4,7 +4,7 @@ Batch i of a run is slice i % per_epoch of epoch i // per_epoch's order
 (shuffled per epoch from `trainer.seed`, or file order). Both pipelines
 yield exactly these batches:
 
-- `pydataset` (default): a `keras.utils.PyDataset` slices NumPy arrays on a
+- `pydataset`: a `keras.utils.PyDataset` slices NumPy arrays on a
   Python thread and is prefetched (on TensorFlow through `from_generator`, as
   Keras would wrap it). Runs on every backend.
 - `tensors`: the training split is copied once into backend tensors and each
@@ -12,6 +12,11 @@ yield exactly these batches:
   (index batch -> gather -> prefetch), no Python per batch. JAX: the arrays
   live on the default device (the GPU when there is one) and the gather
   runs there, so batches never cross the host bus.
+
+`auto` (the default) is `tensors` on TensorFlow, as Keras itself feeds arrays
+there (a 100-step LTFN5 run: fit took ~30% less CPU than through `from_generator`,
+whose per-batch Python call hands the GIL between threads; benchmarks/RESULTS.md),
+and `pydataset` on the other backends.
 
 On TensorFlow every `tf.data` pipeline cnnlab hands to `model.fit`, the
 validation split's included, has autotuning off (`without_autotune`).
@@ -132,7 +137,10 @@ def training_batches(x, y, trainer: dict, steps: int, start: int = 0):
     """The run's batches from batch `start` on: `.fit_input` goes to `model.fit`; also `.per_epoch`, `.release()`."""
     orders = epoch_orders(len(x), trainer["batch_size"], steps, trainer["shuffle"], trainer["seed"])
     args = (trainer["batch_size"], steps, orders, start)
-    if trainer["pipeline"] == "pydataset":
+    pipeline = trainer["pipeline"]
+    if pipeline == "auto":
+        pipeline = "tensors" if keras.backend.backend() == "tensorflow" else "pydataset"
+    if pipeline == "pydataset":
         return BatchStream(x, y, *args)
     if keras.backend.backend() == "tensorflow":
         return TFDatasetBatches(x, y, *args)

@@ -112,9 +112,9 @@ def serve(inbox_fd: int, outbox) -> None:
         import mlflow.entities  # noqa: F401
         import mlflow.tracking  # noqa: F401
 
-        from cnnlab.plots import pyplot
+        from cnnlab.plots import figure
 
-        pyplot()
+        figure()  # matplotlib's import, without pyplot: the run's plots need only Figure and Agg
         # a failed call reaches the user as one line from the training process, not as MLflow's traceback
         logging.getLogger("mlflow").setLevel(logging.CRITICAL)
     except Exception as e:
