@@ -21,7 +21,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from cnnlab.cli import guard_hydra_errors  # noqa: E402
-from cnnlab.job import run_job  # noqa: E402
+from cnnlab.run.job import run_job  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

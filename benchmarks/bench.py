@@ -86,8 +86,8 @@ def open_store(store: Path) -> None:
     """Create the SQLite store and experiment up front, untimed: a user's store exists after their first run."""
     from mlflow.tracking import MlflowClient
 
-    from cnnlab.store import artifact_location
-    from cnnlab.tracking import ensure_experiment
+    from cnnlab.record.store import artifact_location
+    from cnnlab.record.tracking import ensure_experiment
 
     uri = f"sqlite:///{store}/mlflow.db"
     ensure_experiment(MlflowClient(tracking_uri=uri), "cnnlab", artifact_location(uri))

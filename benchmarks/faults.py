@@ -32,7 +32,7 @@ def cli(*args, env=None, **kwargs) -> subprocess.Popen:
 def statuses(uri: str) -> list[str]:
     from mlflow.tracking import MlflowClient
 
-    from cnnlab.store import open_store
+    from cnnlab.record.store import open_store
 
     with open_store(uri):
         client = MlflowClient(tracking_uri=uri)
@@ -75,7 +75,7 @@ def killed_helper(steps: int, at_step: int) -> None:
                 runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
                 history = client.get_metric_history(runs[0].info.run_id, "val_loss") if runs else []
                 step = max((m.step for m in history), default=0)
-            helper = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "cnnlab.tracking_worker"],
+            helper = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "cnnlab.record.worker"],
                                     capture_output=True, text=True).stdout.split()
             os.kill(int(helper[0]), signal.SIGKILL)
             killed = time.monotonic()

@@ -111,8 +111,8 @@ def handwritten(args: list[str]) -> None:
 def main() -> None:
     if sys.argv[1:2] == ["--handwritten"]:
         return handwritten(sys.argv[2:])
-    import cnnlab.recorder as recorder
-    import cnnlab.train as train
+    import cnnlab.record.recorder as recorder
+    import cnnlab.run.train as train
 
     for name in ("train", "load_data", "prepare_model", "evaluate", "run_files", "release_keras_state"):
         timed(train, name)
@@ -126,9 +126,9 @@ def main() -> None:
     recorder.Recorder.__init__ = remember_helper
     train_and_record = train.train_and_record
 
-    def patched(*args, **kwargs):  # cnnlab.fit imports TensorFlow: patch it where train_and_record imports it
-        import cnnlab.diagnostics as diagnostics
-        import cnnlab.fit as fit
+    def patched(*args, **kwargs):  # cnnlab.run.fit imports TensorFlow: patch it where train_and_record imports it
+        import cnnlab.run.diagnostics as diagnostics
+        import cnnlab.run.fit as fit
 
         timed(diagnostics, "init_diagnostics")
         timed(fit, "fit")

@@ -11,7 +11,7 @@ SQLite store in a temporary folder, then, with nothing from cnnlab:
    /invocations must get pyfunc's classes (the server is stopped by its process group's id);
 3. the registered version (`MlflowClient.search_model_versions`).
 Also what the export cost the training process: the run's `export_seconds` / `export_cpu_seconds` metrics
-(`cnnlab.export.save_run_model` times itself), and the part of it that is importing mlflow.keras.
+(`cnnlab.record.export.save_run_model` times itself), and the part of it that is importing mlflow.keras.
 Prints a Markdown table; exits 1 if a check fails.
 """
 

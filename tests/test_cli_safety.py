@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from cnnlab.config_guard import check_composed, redact_overrides, redact_uri, redacted_config
+from cnnlab.config.guard import check_composed, redact_overrides, redact_uri, redacted_config
 from cnnlab.errors import ConfigError
 from conftest import CONF_DIR, REPO, run_cli
 
@@ -89,14 +89,14 @@ def test_the_shipped_configs_pass_the_check(preset):
     """Every preset (the Optuna one brings its sampler, the joblib launcher, cnnlab's callbacks) is trusted."""
     cfg = composed_with_hydra(*([f"+experiment={preset}"] if preset else []))
     check_composed(cfg)
-    assert cfg.hydra.callbacks.mlflow_sweep._target_ == "cnnlab.sweep.MlflowSweepCallback"
+    assert cfg.hydra.callbacks.mlflow_sweep._target_ == "cnnlab.sweep.callback.MlflowSweepCallback"
 
 
 @pytest.mark.parametrize("key, value, expected", [
     ("hydra.launcher._target_", "builtins.exec", "is not a trusted target"),
     ("hydra.sweeper.sampler._target_", "${oc.env:SAMPLER}", "is not a trusted target"),
     ("hydra.callbacks.x._target_", "cnnlab_evil.Callback", "is not a trusted target"),  # a prefix, not a module
-    ("hydra.job.y._target_", "cnnlab.sweep.MlflowSweepCallback", "configs may not name code to run"),
+    ("hydra.job.y._target_", "cnnlab.sweep.callback.MlflowSweepCallback", "configs may not name code to run"),
     ("hydra.job_logging.handlers.console.class", "numpy.savetxt", "logging may only use classes of"),
     ("hydra.hydra_logging.handlers.h.()", "logging.config.dictConfig", "logging may only use classes of"),
     ("hydra.job_logging.handlers.console.stream", "ext://antigravity", "logging may only refer to"),

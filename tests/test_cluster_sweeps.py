@@ -39,7 +39,7 @@ def test_job_context_reaches_each_job_config_and_cpu_shares():
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from cnnlab.cluster import attach_job_context, cpus_per_job, runs_elsewhere
+    from cnnlab.sweep.cluster import attach_job_context, cpus_per_job, runs_elsewhere
 
     def sweep_config(*overrides):
         return compose("config", overrides=list(overrides), return_hydra_config=True)

@@ -17,9 +17,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from cnnlab.errors import ConfigError
-from cnnlab.fields import show
-from cnnlab.layers import layer_kind
-from cnnlab.schema import check_config
+from cnnlab.config.fields import show
+from cnnlab.model.layers import layer_kind
+from cnnlab.config.schema import check_config
 from conftest import REPO, run_cli
 
 CORPUS = Path(__file__).resolve().parent / "broken_configs"
@@ -254,6 +254,6 @@ def test_config_only_commands_import_neither_tensorflow_nor_mlflow(tmp_path, cas
     modules = imported_modules(result.stderr)
     assert {"hydra", "omegaconf"} <= modules  # the parse works
     if case == "rejected config":
-        assert {"cnnlab.schema", "cnnlab.layers"} <= modules  # the check ran
+        assert {"cnnlab.config.schema", "cnnlab.model.layers"} <= modules  # the check ran
     heavy = sorted(m for m in modules if m.split(".")[0] in {"tensorflow", "mlflow", "keras"})
     assert heavy == []

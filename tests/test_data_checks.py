@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnnlab.data import check_dataset, load_data
+from cnnlab.data.datasets import check_dataset, load_data
 from cnnlab.errors import ConfigError, DataError
 from conftest import run_cli
 

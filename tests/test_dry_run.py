@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from cnnlab.builder import build_model, shape_table, verify_model
-from cnnlab.schema import check_config
+from cnnlab.model.builder import build_model, shape_table, verify_model
+from cnnlab.config.schema import check_config
 from conftest import run_cli
 
 

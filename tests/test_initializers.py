@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from cnnlab.builder import build_model, check_model, verify_model
-from cnnlab.initializers import ALIASES, SCHEMES, check_init, make_initializer
-from cnnlab.schema import check_config
+from cnnlab.model.builder import build_model, check_model, verify_model
+from cnnlab.model.initializers import ALIASES, SCHEMES, check_init, make_initializer
+from cnnlab.config.schema import check_config
 from conftest import CONF_DIR
 
 HE = {"hidden": {"scheme": "he_normal"}, "output": {"scheme": "glorot_uniform"}, "bias": {"scheme": "zeros"}}

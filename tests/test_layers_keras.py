@@ -1,4 +1,4 @@
-"""The pure-Python shape, padding and parameter rules of cnnlab.layers / cnnlab.builder agree with Keras.
+"""The pure-Python shape, padding and parameter rules of cnnlab.model.layers / cnnlab.model.builder agree with Keras.
 
 cnnlab computes every layer's output shape and parameter count before tensorflow
 is imported; these tests build the same layers in Keras (tiny tensors) and
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from cnnlab.builder import build_model, check_model, verify_model
+from cnnlab.model.builder import build_model, check_model, verify_model
 from cnnlab.errors import ConfigError
-from cnnlab.layers import LAYER_KINDS
+from cnnlab.model.layers import LAYER_KINDS
 from conftest import CONF_DIR
 
 INIT = {"hidden": {"scheme": "he_normal"}, "output": {"scheme": "glorot_uniform"}, "bias": {"scheme": "zeros"}}
@@ -44,7 +44,7 @@ def pair(v):
 
 
 def tf_rule(n: int, k: int, s: int, d: int, padding: str) -> int:
-    """TensorFlow's output size, written out independently of cnnlab.layers."""
+    """TensorFlow's output size, written out independently of cnnlab.model.layers."""
     if padding == "same":
         return math.ceil(n / s)
     return (n - (d * (k - 1) + 1)) // s + 1

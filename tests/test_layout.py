@@ -1,4 +1,5 @@
-"""The house: no import cycle among cnnlab's modules (imports inside functions count too)."""
+"""The house: no import cycle among cnnlab's modules (imports inside functions count too), and the
+folders keep their order: config checks never need a trained thing, the model never records."""
 
 from __future__ import annotations
 
@@ -8,19 +9,27 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cnnlab"
 
 
+def module_name(path: Path) -> str:
+    """src/cnnlab/run/train.py → 'run.train'; a package's __init__.py → the package ('run')."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts) or "cnnlab"
+
+
 def import_graph() -> dict[str, set[str]]:
     """module → the cnnlab modules it imports anywhere in its source (AST, nothing is imported)."""
-    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph = {}
-    for name in modules:
+    for name, path in files.items():
         deps = set()
-        for node in ast.walk(ast.parse((PACKAGE / f"{name}.py").read_text())):
+        for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "cnnlab":
-                parts = node.module.split(".")
-                deps |= {parts[1]} if len(parts) > 1 else {a.name for a in node.names if a.name in modules}
+                base = node.module.partition(".")[2]
+                # `from cnnlab.run import checkpoints` imports a module; `from cnnlab.run.fit import x`, a name
+                named = {f"{base}.{a.name}".lstrip(".") for a in node.names} & set(files)
+                deps |= named or {base}
             elif isinstance(node, ast.Import):
-                deps |= {a.name.split(".")[1] for a in node.names if a.name.startswith("cnnlab.")}
-        graph[name] = (deps & modules) - {name}
+                deps |= {a.name.partition(".")[2] for a in node.names if a.name.startswith("cnnlab.")}
+        graph[name] = (deps & set(files)) - {name}
     return graph
 
 
@@ -59,6 +68,16 @@ def test_the_checker_finds_a_cycle():
 
 def test_no_import_cycles():
     graph = import_graph()
-    assert {"train", "cli", "sweep", "store"} <= set(graph)  # the graph sees the package
-    assert "store" in graph["train"]
+    assert {"run.train", "cli", "sweep.callback", "record.store", "config.schema"} <= set(graph)  # it sees the folders
+    assert "record.store" in graph["run.train"]
+    assert "run.checkpoints" in graph["run.fit"]  # `from cnnlab.run import checkpoints` counts as the module
     assert cycles(graph) == []
+
+
+def test_lower_folders_do_not_reach_up():
+    """model/ and data/ build things from a checked config: they never import the run, the record or sweeps."""
+    graph = import_graph()
+    for name, deps in graph.items():
+        if name.split(".")[0] in ("model", "data"):
+            up = {d for d in deps if d.split(".")[0] in ("run", "record", "sweep")}
+            assert not up, f"{name} imports {sorted(up)}"

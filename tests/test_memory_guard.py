@@ -15,8 +15,8 @@ import time
 import pytest
 
 from cnnlab.errors import ConfigError
-from cnnlab.memory import budget_bytes, estimate, fmt_bytes
-from cnnlab.schema import check_config
+from cnnlab.model.memory import budget_bytes, estimate, fmt_bytes
+from cnnlab.config.schema import check_config
 from conftest import REPO, run_cli
 from test_config_errors import imported_modules
 
@@ -86,5 +86,5 @@ def test_cli_huge_filters_fail_in_a_second_without_tensorflow(tmp_path):
     traced = subprocess.run([sys.executable, "-X", "importtime", "run.py", HUGE, "dry_run=true",
                              f"hydra.run.dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=120)
     modules = imported_modules(traced.stderr)
-    assert "cnnlab.memory" in modules
+    assert "cnnlab.model.memory" in modules
     assert sorted(m for m in modules if m.split(".")[0] in {"tensorflow", "keras", "mlflow"}) == []

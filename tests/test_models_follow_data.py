@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from cnnlab.builder import build_model, verify_model
+from cnnlab.model.builder import build_model, verify_model
 from cnnlab.errors import ConfigError
-from cnnlab.schema import check_config
-from cnnlab.train import train
+from cnnlab.config.schema import check_config
+from cnnlab.run.train import train
 
 
 @pytest.mark.parametrize("model", ["ltfn5", "lenet5", "allconv", "tiny"])

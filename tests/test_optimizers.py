@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cnnlab.backend import keras
-from cnnlab.optimizers import make_optimizer
-from cnnlab.schema import check_config
+from cnnlab.run.optimizers import make_optimizer
+from cnnlab.config.schema import check_config
 from conftest import CONF_DIR
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "optimizer").glob("*.yaml"))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cnnlab.backend import keras
-from cnnlab.pipeline import BatchStream, TFDatasetBatches, epoch_orders, training_batches
+from cnnlab.data.pipeline import BatchStream, TFDatasetBatches, epoch_orders, training_batches
 
 N, BATCH, STEPS = 23, 5, 13  # 5 batches per epoch, the last one short; 13 steps run into a third epoch
 
@@ -82,8 +82,8 @@ def test_model_fit_sees_the_planned_batches(pipeline, shuffle):
     """
     from types import SimpleNamespace
 
-    from cnnlab.fit import fit
-    from cnnlab.trainer import check_trainer
+    from cnnlab.run.fit import fit
+    from cnnlab.run.trainer import check_trainer
 
     x = np.repeat(np.arange(N, dtype="float32")[:, None], 3, axis=1)
     y = np.arange(N, dtype="int32") % 2
@@ -105,7 +105,7 @@ def test_fit_inputs_have_no_tf_data_autotuning(pipeline):
     """An autotuned iterator's teardown waits for the autotuning thread's next wake-up (up to ~30 s seen)."""
     import tensorflow as tf
 
-    from cnnlab.pipeline import validation_input
+    from cnnlab.data.pipeline import validation_input
 
     x, y = data()
     trainer = {"batch_size": BATCH, "shuffle": False, "seed": 0, "pipeline": pipeline}

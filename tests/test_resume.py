@@ -128,7 +128,7 @@ def test_resume_refuses_a_different_config_then_resume_last_keeps_the_best(tmp_p
 
 
 def test_config_differences_allow_a_growing_budget_and_ignore_what_does_not_train():
-    from cnnlab.resume import differences
+    from cnnlab.run.resume import differences
 
     logged = {"optimizer.lr": "0.001", "trainer.steps": "300", "trainer.verbose": "auto", "tracking.uri": "a"}
     same = {**logged, "trainer.steps": "600", "trainer.verbose": "0", "tracking.uri": "b", "resume": "last",

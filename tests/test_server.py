@@ -114,7 +114,7 @@ def start_sweep(server) -> subprocess.Popen:
 
 def spooling_recorder(server, spool_dir: str):
     """A run's recorder (its helper process, no training) that spools at the first unreachable call."""
-    from cnnlab.recorder import Recorder
+    from cnnlab.record.recorder import Recorder
 
     saved = dict(os.environ)
     os.environ.update({"CNNLAB_SPOOL_DIR": spool_dir, "CNNLAB_OUTAGE_SECONDS": "0"})

@@ -25,7 +25,7 @@ def all_runs(uri):
     """Every run in the store; opened under cnnlab's store lock, since a run may be creating it right now."""
     from mlflow.tracking import MlflowClient
 
-    from cnnlab.store import open_store
+    from cnnlab.record.store import open_store
 
     with open_store(uri):
         client = MlflowClient(tracking_uri=uri)
@@ -126,7 +126,7 @@ def test_killed_tracking_helper_stops_training_and_fails_the_run(tmp_path):
     proc = start_cli(*LONG, f"tracking.uri={uri}")
     try:
         wait_for_training(uri, proc)
-        helper = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "cnnlab.tracking_worker"],
+        helper = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "cnnlab.record.worker"],
                                 capture_output=True, text=True).stdout.split()
         assert len(helper) == 1
         os.kill(int(helper[0]), signal.SIGKILL)

@@ -64,12 +64,12 @@ class Sweep:
         pytest.fail(f"no {count} jobs running after {timeout} s; stderr: {self.err.read_text()[-2000:]}")
 
     def workers(self) -> list[int]:
-        """The launcher's sweep worker processes (its children running cnnlab.sweep_worker), from /proc."""
+        """The launcher's sweep worker processes (its children running cnnlab.sweep.worker), from /proc."""
         found = []
         for entry in os.scandir("/proc"):
             stat = _read(f"/proc/{entry.name}/stat") if entry.name.isdigit() else b""
             if stat and int(stat.rsplit(b")", 1)[1].split()[1]) == self.proc.pid \
-                    and b"cnnlab.sweep_worker" in _read(f"/proc/{entry.name}/cmdline"):
+                    and b"cnnlab.sweep.worker" in _read(f"/proc/{entry.name}/cmdline"):
                 found.append(int(entry.name))
         self.worker_pids |= set(found)
         return sorted(found)
@@ -93,7 +93,7 @@ class Sweep:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
         for pid in self.worker_pids:
-            if alive(pid) and b"cnnlab.sweep_worker" in _read(f"/proc/{pid}/cmdline"):
+            if alive(pid) and b"cnnlab.sweep.worker" in _read(f"/proc/{pid}/cmdline"):
                 os.kill(pid, signal.SIGKILL)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_cli
-from cnnlab.sweep_resume import grid_differences, job_key, newest_per_name
+from cnnlab.sweep.resume import grid_differences, job_key, newest_per_name
 
 # 4 jobs, one after another (one worker), a few seconds each, deterministic
 GRID = ["-m", "model=tiny", "dataset=synthetic", "trainer.seed=1,2,3,4", "trainer.steps=300",

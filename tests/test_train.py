@@ -12,8 +12,8 @@ import pytest
 
 from cnnlab.errors import DataError
 from cnnlab.errors import Diverged
-from cnnlab.schema import check_config
-from cnnlab.train import train
+from cnnlab.config.schema import check_config
+from cnnlab.run.train import train
 from conftest import REPO, run_cli
 
 FAST = ["model=tiny", "dataset=synthetic", "optimizer=adam", "optimizer.lr=0.01", "trainer.steps=40",
@@ -71,7 +71,7 @@ def test_logged_model_reloads_and_predicts_like_the_run(compose, tmp_path, monke
     import mlflow.pyfunc
     import numpy as np
 
-    from cnnlab.data import load_data, synthetic_arrays
+    from cnnlab.data.datasets import load_data, synthetic_arrays
 
     uri = store(tmp_path)
     run = check_config(compose(*FAST, f"tracking.uri={uri}"))
@@ -89,9 +89,9 @@ def test_log_every_windows_average_to_each_evaluations_train_means(compose):
     """`trainer.log_every`: means over k steps, exact (the evaluation's train means are over its whole chunk)."""
     import numpy as np
 
-    from cnnlab.data import load_data
-    from cnnlab.fit import fit
-    from cnnlab.train import prepare_model
+    from cnnlab.data.datasets import load_data
+    from cnnlab.run.fit import fit
+    from cnnlab.run.train import prepare_model
 
     run = check_config(compose(*FAST, "tracking=none", "trainer.log_every=5"))
     model, _, _ = prepare_model(run, 40)
@@ -250,7 +250,7 @@ def test_hard_killed_training_process_leaves_no_running_run(tmp_path):
 
 
 def test_tracking_worker_reports_a_failed_call_and_fails_the_run(tmp_path):
-    from cnnlab.recorder import Recorder, TrackingError
+    from cnnlab.record.recorder import Recorder, TrackingError
 
     uri = store(tmp_path)
     recorder = Recorder()

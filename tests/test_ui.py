@@ -23,8 +23,8 @@ def free_port() -> int:
 def test_ui_opens_the_runs_store_from_another_folder(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    made = subprocess.run([sys.executable, "-c", "from cnnlab.tracking import Tracker\n"
-                           "t = Tracker.start(__import__('cnnlab.store').store.resolve_uri(None), 'cnnlab', 'r1')\n"
+    made = subprocess.run([sys.executable, "-c", "from cnnlab.record.tracking import Tracker\n"
+                           "t = Tracker.start(__import__('cnnlab.record.store').record.store.resolve_uri(None), 'cnnlab', 'r1')\n"
                            "t.end('FINISHED')"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr[-2000:]
     port = free_port()

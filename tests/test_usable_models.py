@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnlab.schema import check_config
-from cnnlab.train import train
+from cnnlab.config.schema import check_config
+from cnnlab.run.train import train
 from conftest import run_cli
 
 N_TEST = 2000
@@ -55,7 +55,7 @@ def raw_test_images():
 def pyfunc_model(trained):
     import mlflow.pyfunc
 
-    from cnnlab.store import URI_ENV
+    from cnnlab.record.store import URI_ENV
 
     os.environ[URI_ENV] = trained["uri"]  # runs:/ URIs resolve against the tracking URI
     try:
@@ -65,7 +65,7 @@ def pyfunc_model(trained):
 
 
 def test_pyfunc_on_raw_uint8_images_gives_the_logged_test_accuracy(trained, pyfunc_model):
-    from cnnlab.export import input_spec
+    from cnnlab.record.export import input_spec
 
     x, y = raw_test_images()
     assert input_spec(pyfunc_model) == ((28, 28, 1), np.dtype("uint8"))
@@ -158,7 +158,7 @@ def test_a_spooled_model_uploads_as_the_runs_logged_model(trained, tmp_path, mon
     from mlflow.artifacts import download_artifacts
 
     from cnnlab.spool import Spool, upload
-    from cnnlab.tracking import Tracker
+    from cnnlab.record.tracking import Tracker
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", trained["uri"])  # runs:/ URIs resolve against it
     local = download_artifacts(f"runs:/{trained['result']['run_id']}/model", dst_path=str(tmp_path / "m"))

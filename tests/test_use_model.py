@@ -48,7 +48,7 @@ def logged(tmp_path_factory):
         from hydra import compose, initialize_config_dir
 
         importlib.import_module("cnnlab.backend")  # TensorFlow, while the run trains
-        from cnnlab.schema import CONF_DIR, check_config
+        from cnnlab.config.schema import CONF_DIR, check_config
 
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             dataset = check_config(compose("config", overrides=TRAIN)).dataset  # what the run's params must give
@@ -149,7 +149,7 @@ def results(logged, images):
 
 def test_model_uris_name_the_source_run(logged, results):
     from cnnlab.errors import ConfigError
-    from cnnlab.model_ref import resolve, run_dataset
+    from cnnlab.record.model_ref import resolve, run_dataset
 
     client, run_id = logged["client"], logged["run_id"]
     for uri in (f"runs:/{run_id}/model", "models:/tiny@champion", "models:/tiny/1", f"models:/{logged['model_id']}"):

@@ -99,7 +99,7 @@ def diag_series(client, run) -> dict:
 
 
 def curves_plot(client, runs: dict, path: Path) -> None:
-    from cnnlab.plots import pyplot
+    from cnnlab.record.plots import pyplot
 
     plt = pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
@@ -121,7 +121,7 @@ def curves_plot(client, runs: dict, path: Path) -> None:
 
 
 def grid_plot(cells: list[dict], path: Path) -> None:
-    from cnnlab.plots import pyplot
+    from cnnlab.record.plots import pyplot
 
     plt = pyplot()
     inits = [i for i in GRID_INITS if any(c["init"] == i for c in cells)]
@@ -292,7 +292,7 @@ def findings(by_name: dict, cells: list[dict]) -> list[str]:
 
 
 def write_report(client, experiment: str, out: Path) -> list[dict]:
-    from cnnlab.plots import plot_diagnostics
+    from cnnlab.record.plots import plot_diagnostics
 
     records, runs = collect(client, experiment)
     out.mkdir(parents=True, exist_ok=True)
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars between our lines
     from mlflow.tracking import MlflowClient
 
-    from cnnlab.store import DEFAULT_DB
+    from cnnlab.record.store import DEFAULT_DB
 
     parser = argparse.ArgumentParser(prog="study_report.py", description=__doc__.splitlines()[0])
     parser.add_argument("--tracking-uri", default=f"sqlite:///{DEFAULT_DB}")

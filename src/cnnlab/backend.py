@@ -45,7 +45,7 @@ def native_stderr_held_back():
             os.close(saved)
 
 
-from cnnlab.cluster import job_cpus, set_tensorflow_threads, size_thread_pools  # noqa: E402
+from cnnlab.sweep.cluster import job_cpus, set_tensorflow_threads, size_thread_pools  # noqa: E402
 
 size_thread_pools(job_cpus())  # a sweep job uses its share of the machine's cores, no more
 

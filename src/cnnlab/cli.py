@@ -23,9 +23,9 @@ EXIT_TRACKING = 4  # the record broke mid-run (store failed, helper died, checkp
 
 
 def fail(message: str, code: int = EXIT_CONFIG):
-    from cnnlab.config_guard import redact_text
+    from cnnlab.config.guard import redact_text
 
-    from cnnlab.runlog import say
+    from cnnlab.run.runlog import say
 
     say(f"error: {redact_text(message)}", error=True)
     sys.exit(code)
@@ -61,7 +61,7 @@ def _print_redacted_traceback(kind, value, tb):
 
 
 def _redacted_traceback(kind, value, tb) -> str:
-    from cnnlab.config_guard import redact_text
+    from cnnlab.config.guard import redact_text
 
     return redact_text("".join(traceback.format_exception(kind, value, tb)))
 
@@ -120,7 +120,7 @@ def guard_hydra_errors(hydra_main) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from cnnlab import config_guard
+    from cnnlab.config import guard as config_guard
 
     # Hydra prints composition errors over several lines and exits 1; let them reach us instead.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")

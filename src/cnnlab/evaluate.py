@@ -1,6 +1,6 @@
 """`python -m cnnlab.evaluate MODEL_URI`: a logged or registered model's loss and accuracy on a data set split.
 
-The model gets the split's raw images, as the data set stores them (what `cnnlab.export`
+The model gets the split's raw images, as the data set stores them (what `cnnlab.record.export`
 models take); the data set is the one its run trained on (its logged `dataset.*` params,
 same train_size/val_size/test_size) unless `--dataset NAME` picks conf/dataset/NAME.yaml.
 It prints the metrics on one line and records them as a new MLflow run,
@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.cli import EXIT_TRACKING, Arguments, fail, run_command
-from cnnlab.data import SPLITS, raw_split
-from cnnlab.data_checks import scale_pixels
+from cnnlab.data.datasets import SPLITS, raw_split
+from cnnlab.data.checks import scale_pixels
 from cnnlab.errors import ConfigError
-from cnnlab.logged_model import dataset_input, split_input
-from cnnlab.model_ref import check_fits, load_pyfunc, option_dataset, resolve, run_dataset
-from cnnlab.plots import confusion_counts, confusion_matrix
-from cnnlab.store import artifact_location, open_store, redact_uri, resolve_uri, sqlite_path
-from cnnlab.tracking import ensure_experiment, flatten
+from cnnlab.record.logged_model import dataset_input, split_input
+from cnnlab.record.model_ref import check_fits, load_pyfunc, option_dataset, resolve, run_dataset
+from cnnlab.record.plots import confusion_counts, confusion_matrix
+from cnnlab.record.store import artifact_location, open_store, redact_uri, resolve_uri, sqlite_path
+from cnnlab.record.tracking import ensure_experiment, flatten
 
 CONTEXT = {"train": "train", "val": "validation", "test": "test"}  # MLflow's dataset context names
 SOURCE_TAG = "cnnlab.source_run_id"
@@ -116,7 +116,7 @@ def evaluate(argv: list[str]) -> dict:
 def record(client, ref, dataset: dict, split: str, data: dict, metrics: dict, matrix) -> str:
     """The evaluation as a new, FINISHED MLflow run; one that fails part way ends FAILED with the reason.
 
-    `data` is the split as `cnnlab.logged_model.split_input` describes it (the run's dataset input).
+    `data` is the split as `cnnlab.record.logged_model.split_input` describes it (the run's dataset input).
     """
     from mlflow.entities import LoggedModelInput, Metric, Param
 

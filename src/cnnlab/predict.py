@@ -2,7 +2,7 @@
 
 Each PNG/JPEG (anything Pillow reads) is converted to the model's channels (L for one,
 RGB for three), resized to its height × width and cast to the dtype its signature names
-(uint8 for the built-in data sets), then the model (`cnnlab.export`: raw pixels in,
+(uint8 for the built-in data sets), then the model (`cnnlab.record.export`: raw pixels in,
 probabilities out) classifies them all in one call. One line per file:
 
     digit.png: 7 (0.9731)  2 (0.0150)  3 (0.0042)
@@ -94,9 +94,9 @@ def predict(argv: list[str]) -> list[list[tuple[int, float]]]:
         raise ConfigError("--top-k", f"expected a positive number of classes, got {args.top_k}")
     images = open_images(args.images)  # before MLflow and TensorFlow load: a typo is one quick line
 
-    from cnnlab.data_checks import source_range
+    from cnnlab.data.checks import source_range
     from cnnlab.evaluate import open_client
-    from cnnlab.model_ref import load_pyfunc, param_value, resolve
+    from cnnlab.record.model_ref import load_pyfunc, param_value, resolve
 
     ref = resolve(open_client(args.tracking_uri), args.model_uri)
     if len(ref.shape) != 3 or ref.shape[-1] not in (1, 3):

@@ -61,7 +61,7 @@ def find_sweep(client, experiment: str, sweep: str):
 
 def rows_of(client, parent) -> tuple[list[dict], list[str]]:
     """One row per job (the newest child per name, as after a resume) and the swept keys, in sweep order."""
-    from cnnlab.sweep import summarize_children
+    from cnnlab.sweep.callback import summarize_children
 
     newest = {}
     for row in summarize_children(client, parent.info.run_id):
@@ -93,7 +93,7 @@ def markdown(parent, rows: list[dict], keys: list[str], metric: str, plots: list
 
 def metric_plot(rows: list[dict], keys: list[str], metric: str, path: Path) -> None:
     """`metric` by the swept values: a heat map over two keys, else one bar per job."""
-    from cnnlab.plots import pyplot
+    from cnnlab.record.plots import pyplot
 
     plt = pyplot()
     value = {id(r): r.get(metric) for r in rows}
@@ -128,7 +128,7 @@ def metric_plot(rows: list[dict], keys: list[str], metric: str, path: Path) -> N
 
 def write_report(client, parent, out: Path, metric: str = "val_accuracy") -> list[dict]:
     """REPORT.md, results.csv and the plots of sweep `parent` into `out`; returns the rows."""
-    from cnnlab.sweep import comparison_plot, to_csv
+    from cnnlab.sweep.callback import comparison_plot, to_csv
 
     rows, keys = rows_of(client, parent)
     if not rows:
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.tracking import MlflowClient
 
-    from cnnlab.store import DEFAULT_DB, redact_uri, resolve_uri, sqlite_path
+    from cnnlab.record.store import DEFAULT_DB, redact_uri, resolve_uri, sqlite_path
 
     parser = argparse.ArgumentParser(prog="python -m cnnlab.report", description=__doc__.splitlines()[0])
     parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else mlruns/mlflow.db")

@@ -3,7 +3,7 @@
 A passing outage costs nothing: the helper process tries a call again every 2 s for up to
 5 minutes (`$CNNLAB_OUTAGE_SECONDS`, default 300), while training goes on, then sends
 everything it queued meanwhile. When a call still fails for want of the server, the helper
-(`cnnlab.tracking_worker`) stops calling it and writes that call and every later one
+(`cnnlab.record.worker`) stops calling it and writes that call and every later one
 (metrics, tags, artifacts, the model, the run's end) to a spool folder,
 `mlruns/spool/<run_id>/` (`$CNNLAB_SPOOL_DIR/<run_id>/` if set); training finishes,
 and the run prints one warning line naming the folder. Nothing is dropped:
@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from cnnlab.store import REPO_ROOT, redact_uri
+from cnnlab.record.store import REPO_ROOT, redact_uri
 
 SPOOL_ENV = "CNNLAB_SPOOL_DIR"
 CALLS = "calls.jsonl"  # line 1: {"uri", "run_id", "reason"}; then one call per line
@@ -89,8 +89,8 @@ def upload(folder: Path, uri: str | None = None) -> int:
 
     The URI written in the spool has no credentials: they come from MLflow's variables, as for runs.
     """
-    from cnnlab.store import open_store
-    from cnnlab.tracking import Tracker
+    from cnnlab.record.store import open_store
+    from cnnlab.record.tracking import Tracker
 
     lines = (folder / CALLS).read_text().splitlines()
     head, calls = json.loads(lines[0]), [json.loads(line) for line in lines[1:] if line.strip()]
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             sent = upload(folder, args.uri)
             print(f"{folder}: {sent} calls uploaded")
         except Exception as e:
-            from cnnlab.config_guard import redact_text
+            from cnnlab.config.guard import redact_text
 
             print(f"error: {folder}: {redact_text(str(e).splitlines()[0] if str(e) else type(e).__name__)}",
                   file=sys.stderr)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 
-from cnnlab.store import redact_uri, resolve_uri
+from cnnlab.record.store import redact_uri, resolve_uri
 
 
 def command(argv: list[str]) -> list[str] | None:

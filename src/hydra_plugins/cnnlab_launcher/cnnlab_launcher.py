@@ -1,6 +1,6 @@
 """Hydra plugin shell for cnnlab's launcher (Hydra instantiates launchers only from `hydra_plugins.*`).
 
-The work is in `cnnlab.launcher`, imported when a sweep launches; see conf/hydra/launcher/cnnlab.yaml.
+The work is in `cnnlab.sweep.launcher`, imported when a sweep launches; see conf/hydra/launcher/cnnlab.yaml.
 """
 
 from typing import Any, Optional, Sequence
@@ -19,12 +19,12 @@ class CnnlabLauncher(Launcher):
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
         self.hydra_context: Optional[HydraContext] = None
-        self.pool = None  # cnnlab.launcher.Pool, kept across launches (an Optuna sweep launches batches)
+        self.pool = None  # cnnlab.sweep.launcher.Pool, kept across launches (an Optuna sweep launches batches)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.task_function, self.hydra_context = config, task_function, hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from cnnlab.launcher import launch
+        from cnnlab.sweep.launcher import launch
 
         return launch(self, job_overrides, initial_job_idx)

@@ -1,6 +1,6 @@
 """`hydra/launcher=ray` (conf/hydra/launcher/ray.yaml): Hydra's Ray launcher, a lost job failing alone.
 
-Needs the `cluster` extra (hydra-ray-launcher, ray); the work is in `cnnlab.cluster_launch`.
+Needs the `cluster` extra (hydra-ray-launcher, ray); the work is in `cnnlab.sweep.cluster_launch`.
 """
 
 from typing import Any, Optional, Sequence
@@ -24,6 +24,6 @@ class CnnlabRayLauncher(Launcher):
         self.config, self.task_function, self.hydra_context = config, task_function, hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from cnnlab.cluster_launch import launch_ray
+        from cnnlab.sweep.cluster_launch import launch_ray
 
         return launch_ray(self, job_overrides, initial_job_idx)

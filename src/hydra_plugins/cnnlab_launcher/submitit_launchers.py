@@ -3,7 +3,7 @@ a lost job failing alone.
 
 Needs the `cluster` extra (hydra-submitit-launcher). The jobs run the submitit plugin's own
 job function (`__call__`, inherited); only the gathering of results is cnnlab's
-(`cnnlab.cluster_launch.launch_submitit`).
+(`cnnlab.sweep.cluster_launch.launch_submitit`).
 """
 
 from typing import Any, Sequence
@@ -25,7 +25,7 @@ class CnnlabLocalLauncher(LocalLauncher):
     """`hydra/launcher=submitit_local`: each job a local process started by submitit."""
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
-        from cnnlab.cluster_launch import launch_submitit
+        from cnnlab.sweep.cluster_launch import launch_submitit
 
         return launch_submitit(self, job_overrides, initial_job_idx)
 
@@ -34,6 +34,6 @@ class CnnlabSlurmLauncher(SlurmLauncher):
     """`hydra/launcher=submitit_slurm`: the jobs as one SLURM job array (sbatch)."""
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
-        from cnnlab.cluster_launch import launch_submitit
+        from cnnlab.sweep.cluster_launch import launch_submitit
 
         return launch_submitit(self, job_overrides, initial_job_idx)

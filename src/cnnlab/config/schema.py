@@ -1,0 +1,102 @@
+"""Validate a whole composed config before anything heavy runs.
+
+`check_config` resolves interpolations, checks every group with its own
+module's rules and the rules between groups (the model must take the data
+set's images and emit one logit per class), and returns plain Python values.
+It imports neither tensorflow nor mlflow, so a bad config fails in well
+under two seconds.
+
+Example (composing the real configs, as the tests do):
+    >>> from hydra import compose, initialize_config_dir
+    >>> with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    ...     cfg = compose("config", overrides=["model=ltfn5", "init=he"])
+    >>> check_config(cfg).arch.total_params
+    321738
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cnnlab.model.builder import Architecture, check_model
+from cnnlab.config.guard import redacted_config, refuse_targets
+from cnnlab.data.datasets import check_dataset
+from cnnlab.errors import ConfigError
+from cnnlab.config.fields import boolean, closest, optional, show, string
+from cnnlab.model.memory import check_memory
+from cnnlab.run.optimizers import check_optimizer
+from cnnlab.record.tracking import check_tracking
+from cnnlab.run.trainer import check_trainer
+
+CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
+GROUPS = ("model", "init", "dataset", "optimizer", "trainer", "tracking")
+TOP_LEVEL = (*GROUPS, "dry_run", "resume")
+
+
+@dataclass
+class RunConfig:
+    """A validated run: every group as plain values, the model as a checked architecture."""
+
+    arch: Architecture
+    dataset: dict
+    optimizer: dict
+    trainer: dict
+    tracking: dict
+    dry_run: bool
+    resolved: dict  # the resolved config as the user wrote it, for logging: oc.env values, URI credentials `***`
+    resume: str | None = None  # a run id to continue, or "last" (cnnlab.run.resume)
+
+
+def to_plain(cfg) -> dict:
+    """Resolve interpolations into a plain dict; a broken `${...}` or `???` names its key."""
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not isinstance(cfg, DictConfig):
+        return cfg
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "") or ""
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(key or "config", msg) from None
+
+
+def check_config(cfg) -> RunConfig:
+    """Validate a composed config (DictConfig or plain dict). Raises ConfigError."""
+    plain = to_plain(cfg)
+    refuse_targets(plain)
+    for key in plain:
+        if key not in TOP_LEVEL:
+            raise ConfigError(key, f"unknown top-level key{closest(key, TOP_LEVEL)} (known: {', '.join(TOP_LEVEL)})")
+    for group in GROUPS:
+        if group not in plain:
+            raise ConfigError(group, f"is missing: choose one, e.g. {group}=<name>")
+
+    arch = check_model(plain["model"], plain["init"])
+    dataset = check_dataset(plain["dataset"])
+    if arch.input_shape != dataset["input_shape"]:
+        raise ConfigError(
+            "model.input_shape",
+            f"{show(list(arch.input_shape))} but dataset {dataset['name']} gives {show(list(dataset['input_shape']))} images",
+        )
+    last = arch.rows[-1]
+    if arch.output_shape != (dataset["num_classes"],):
+        raise ConfigError(
+            f"model.layers.{last.name}",
+            f"the output layer emits {show(list(arch.output_shape))} per image but dataset {dataset['name']} "
+            f"has {dataset['num_classes']} classes: end with a flat ({dataset['num_classes']},) output",
+        )
+    trainer = check_trainer(plain["trainer"])
+    check_memory(arch, trainer)  # the size guard: a model too big for memory fails here, not in TensorFlow
+    return RunConfig(
+        arch=arch,
+        dataset=dataset,
+        optimizer=check_optimizer(plain["optimizer"]),
+        trainer=trainer,
+        tracking=check_tracking(plain["tracking"]),
+        dry_run=boolean(plain.get("dry_run", False), "dry_run"),
+        resume=optional(string)(plain.get("resume"), "resume"),
+        resolved=redacted_config(cfg, plain),  # the real tracking.uri stays in `tracking`, which connects
+    )

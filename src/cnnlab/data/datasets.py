@@ -1,0 +1,200 @@
+"""Data sets (config group `dataset`): MNIST, Fashion-MNIST, CIFAR-10 and a synthetic set.
+
+Offline, `<name>.npz` (the Keras layout: x_train, y_train, x_test, y_test) is read
+from `dataset.path` or the folder in $CNNLAB_DATA_DIR; otherwise
+`keras.datasets.<name>.load_data()` downloads it. The test split is only
+touched by the final evaluation. The arrays are checked as they load
+(`cnnlab.data.checks`: finite pixels in a known range, integer labels in
+[0, num_classes), one label per image, no empty split): a bad file ends in one
+line before any MLflow run exists.
+
+Example:
+    >>> check_dataset({"name": "mnist", "input_shape": [28, 28, 1], "num_classes": 10}, "dataset")["val_size"]
+    5000
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cnnlab.data.checks import check_not_empty, check_raw_split, pixel_range, scale_pixels, source_range
+from cnnlab.errors import ConfigError, DataError
+from cnnlab.config.fields import Field, check_fields, choice, non_negative_int, optional, positive_int, shape, show, string
+
+DATA_DIR_ENV = "CNNLAB_DATA_DIR"
+# name → the image shape its files hold
+KNOWN_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
+DATASET_FIELDS = {
+    "name": Field(choice(*KNOWN_SHAPES, "synthetic")),
+    "path": Field(optional(string), None),
+    "input_shape": Field(shape),
+    "num_classes": Field(positive_int),
+    "val_size": Field(non_negative_int, 5000),
+    "train_size": Field(optional(positive_int), None),
+    "test_size": Field(optional(positive_int), None),
+    # null: uint8 pixels are divided by 255 and any other pixels must already lie in [0, 1];
+    # [lo, hi]: the file's pixels lie in [lo, hi] and are mapped onto [0, 1] (e.g. [0, 255] for float 0..255)
+    "pixel_range": Field(pixel_range, None),
+}
+
+
+def check_dataset(cfg, path: str = "dataset") -> dict:
+    d = check_fields(cfg, DATASET_FIELDS, path)
+    known = KNOWN_SHAPES.get(d["name"])
+    if known and d["input_shape"] != known:
+        raise ConfigError(
+            f"{path}.input_shape", f"{show(list(d['input_shape']))} but {d['name']} images are {show(list(known))}"
+        )
+    if d["train_size"] is not None and d["val_size"] >= d["train_size"]:
+        raise ConfigError(
+            f"{path}.val_size", f"{d['val_size']} leaves no training images out of train_size {d['train_size']}"
+        )
+    return d
+
+
+@dataclass
+class Data:
+    """Pixels scaled to [0, 1] (float32, NHWC) and integer labels, split three ways (`load_raw`: unscaled)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: str  # where the arrays came from, for the run's tags
+    raw_dtype: str = "float32"  # what the file holds, before scaling: a served model takes that (cnnlab.record.export)
+    pixel_range: tuple[float, float] = (0.0, 1.0)  # the raw range that was mapped onto [0, 1]
+
+
+def data_file(spec: dict) -> Path | None:
+    """The .npz to read: `dataset.path`, else $CNNLAB_DATA_DIR/<name>.npz, else None (Keras downloads)."""
+    if spec["path"]:
+        return Path(spec["path"]).expanduser()
+    folder = os.environ.get(DATA_DIR_ENV)
+    return Path(folder).expanduser() / f"{spec['name']}.npz" if folder else None
+
+
+def load_data(spec: dict) -> Data:
+    """Load, check, scale and split the data set a validated `dataset` config names. Raises DataError."""
+    raw = load_raw(spec)
+    scale = [scale_pixels(x, raw.pixel_range) for x in (raw.x_train, raw.x_val, raw.x_test)]
+    return Data(scale[0], raw.y_train, scale[1], raw.y_val, scale[2], raw.y_test, raw.source,
+                raw.raw_dtype, raw.pixel_range)
+
+
+def load_raw(spec: dict) -> Data:
+    """`load_data` without the scaling: the same checked splits, pixels as the file holds them.
+
+    What a served model takes (`cnnlab.record.export`); `raw_split` gives one split of it.
+    """
+    if spec["name"] == "synthetic":
+        arrays, source = synthetic_arrays(spec), "synthetic"
+    else:
+        path = data_file(spec)
+        arrays, source = (_read_npz(path, spec), str(path)) if path else (_download(spec), f"keras.datasets.{spec['name']}")
+    key = _source_key(spec)
+    x_train, y_train = check_raw_split(arrays[0], arrays[1], "train", spec, source, key)
+    x_test, y_test = check_raw_split(arrays[2], arrays[3], "test", spec, source, key)
+    if spec["train_size"]:
+        x_train, y_train = x_train[: spec["train_size"]], y_train[: spec["train_size"]]
+    if spec["test_size"]:
+        x_test, y_test = x_test[: spec["test_size"]], y_test[: spec["test_size"]]
+    check_not_empty(len(x_train), "training images (x_train is empty)", source, key)
+    check_not_empty(len(x_test), "test images (x_test is empty)", source, key)
+    n_val = spec["val_size"]
+    if n_val >= len(x_train):
+        raise DataError("dataset.val_size", f"{n_val} leaves no training images out of {len(x_train)} in {source}")
+    cut = len(x_train) - n_val  # the last val_size images validate, as LTFN's 55,000/5,000 split
+    raw_dtype = str(arrays[0].dtype)
+    return Data(x_train[:cut], y_train[:cut], x_train[cut:], y_train[cut:], x_test, y_test, source,
+                raw_dtype, source_range(raw_dtype, spec["pixel_range"]))
+
+
+SPLITS = ("train", "val", "test")
+
+
+def raw_split(spec: dict, split: str) -> tuple[np.ndarray, np.ndarray, Data]:
+    """One split's raw checked (images, labels), and the `load_raw` Data it came from.
+
+    Example:
+        >>> spec = check_dataset({"name": "synthetic", "input_shape": [8, 8, 1], "num_classes": 4,
+        ...                       "train_size": 100, "val_size": 20, "test_size": 30})
+        >>> x, y, raw = raw_split(spec, "val")
+        >>> x.shape, x.dtype.name, y.shape, raw.pixel_range
+        ((20, 8, 8, 1), 'uint8', (20,), (0.0, 255.0))
+    """
+    if split not in SPLITS:
+        raise ConfigError("split", f"{split!r} is not a split: choose one of {', '.join(SPLITS)}")
+    raw = load_raw(spec)
+    return getattr(raw, f"x_{split}"), getattr(raw, f"y_{split}"), raw
+
+
+KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _source_key(spec: dict) -> str:
+    """The setting that chose the file: what a user changes to point at a good one."""
+    if spec["name"] == "synthetic":
+        return "dataset.name"
+    return "dataset.path" if spec["path"] else DATA_DIR_ENV
+
+
+def _where_hint(spec: dict) -> str:
+    return (f"put {spec['name']}.npz (keys {', '.join(KEYS)}) in a folder and set {DATA_DIR_ENV} to it, "
+            "or set dataset.path")
+
+
+def _read_npz(path: Path, spec: dict):
+    key = _source_key(spec)
+    if not path.is_file():
+        raise DataError(key, f"{spec['name']} data file not found at {path}; {_where_hint(spec)}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in KEYS if k not in f.files]
+            if missing:
+                raise DataError(key, f"{path} lacks the array(s) {', '.join(missing)} (Keras layout: {', '.join(KEYS)})")
+            return tuple(f[k] for k in KEYS)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(key, f"{path} is not a readable .npz file ({type(e).__name__}: {e}); {_where_hint(spec)}") from None
+
+
+def _download(spec: dict):
+    from cnnlab.backend import keras
+
+    try:
+        (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, spec["name"]).load_data()
+    except Exception as e:  # no network, a proxy, a truncated cache: all end the same way for the user
+        raise DataError(
+            DATA_DIR_ENV, f"could not download {spec['name']} ({type(e).__name__}: {str(e)[:120]}); {_where_hint(spec)}"
+        ) from None
+    return x_train, y_train, x_test, y_test
+
+
+def synthetic_arrays(spec: dict, seed: int = 0):
+    """A learnable toy set: class c has a bright square at the c-th cell of a grid, plus noise."""
+    rng = np.random.default_rng(seed)
+    h, w, c = spec["input_shape"]
+    k = spec["num_classes"]
+    cols = math.ceil(math.sqrt(k))
+    rows = math.ceil(k / cols)
+    ch, cw = max(h // rows, 1), max(w // cols, 1)
+
+    def make(n):
+        y = rng.integers(0, k, n).astype(np.uint8)
+        x = rng.integers(0, 60, (n, h, w, c)).astype(np.uint8)
+        for i, label in enumerate(y):
+            r, q = divmod(int(label), cols)
+            x[i, r * ch : (r + 1) * ch, q * cw : (q + 1) * cw, :] = 255
+        return x, y
+
+    n_train = spec["train_size"] or 1024
+    x_train, y_train = make(n_train)
+    x_test, y_test = make(spec["test_size"] or 256)
+    return x_train, y_train, x_test, y_test

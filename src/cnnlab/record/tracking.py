@@ -1,0 +1,241 @@
+"""Experiment tracking (config group `tracking`): MLflow on SQLite by default.
+
+The default store is `sqlite:///<repo>/mlruns/mlflow.db` with artifacts in
+`<repo>/mlruns/artifacts`; `tracking.uri` takes any MLflow tracking URI.
+mlflow is imported only when a run is actually tracked.
+
+Example:
+    >>> check_tracking({"enabled": False}, "tracking")["experiment"]
+    'cnnlab'
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from cnnlab.errors import ConfigError
+from cnnlab.config.fields import Field, boolean, check_fields, optional, string
+from cnnlab.record.store import URI_ENV, artifact_location, open_store, redact_uri, resolve_uri
+
+
+def registered_name(v, path: str) -> str:
+    """A registered model's name, usable in `models:/<name>@<alias>` and `models:/<name>/<version>` URIs.
+
+    >>> registered_name("mnist-lenet5", "tracking.register_as")
+    'mnist-lenet5'
+    >>> registered_name("a/b", "tracking.register_as")
+    Traceback (most recent call last):
+    ...
+    cnnlab.errors.ConfigError: tracking.register_as: 'a/b' may not contain / : @ or quotes (models:/<name>@<alias> must parse)
+    """
+    v = string(v, path)
+    if v != v.strip():
+        raise ConfigError(path, f"{v!r} starts or ends with whitespace")
+    if any(c in v for c in "/:@'\""):  # they separate the parts of models:/ URIs and of search filters
+        raise ConfigError(path, f"{v!r} may not contain / : @ or quotes (models:/<name>@<alias> must parse)")
+    return v
+
+
+TRACKING_FIELDS = {
+    "enabled": Field(boolean, True),
+    "uri": Field(optional(string), None),
+    "experiment": Field(string, "cnnlab"),
+    "run_name": Field(optional(string), None),
+    "log_model": Field(boolean, True),  # the trained model as an MLflow model at runs:/<id>/model
+    "register_as": Field(optional(registered_name), None),  # also a new version of this registered model
+    "server": Field(boolean, False),  # tracking=server: a team's MLflow server, named by $MLFLOW_TRACKING_URI
+    # a sweep on other machines (Ray with an address, SLURM) may record to a SQLite/file store only if
+    # every node sees the same path (cnnlab.sweep.cluster.check_reachable_store)
+    "shared_filesystem": Field(boolean, False),
+}
+
+
+def check_tracking(cfg, path: str = "tracking") -> dict:
+    spec = check_fields(cfg, TRACKING_FIELDS, path)
+    if spec["register_as"] and spec["enabled"] and not spec["log_model"]:
+        raise ConfigError(f"{path}.register_as", f"{spec['register_as']!r} needs a logged model, "
+                                                 f"but {path}.log_model is false")
+    return spec
+
+
+def tracking_uri(spec: dict) -> str:
+    """`tracking.uri` > $MLFLOW_TRACKING_URI > SQLite under <repo>/mlruns (MLflow 3 refuses a bare file store).
+
+    With `tracking.server` (tracking=server) the URI must name an http(s) server: no SQLite fallback.
+    """
+    uri = resolve_uri(spec["uri"])
+    if spec.get("server"):
+        if not (spec["uri"] or os.environ.get(URI_ENV)):
+            raise ConfigError(URI_ENV, "not set: tracking=server logs to the MLflow server it names "
+                                       "(export MLFLOW_TRACKING_URI=http://host:port)")
+        if urlsplit(uri).scheme not in ("http", "https"):
+            raise ConfigError(URI_ENV if not spec["uri"] else "tracking.uri",
+                              f"{redact_uri(uri)!r} is not an http(s):// MLflow server, which tracking=server needs")
+    return uri
+
+
+def flatten(tree, prefix: str = "") -> dict[str, str]:
+    """{'model': {'layers': {'conv1': {'filters': 64}}}} → {'model.layers.conv1.filters': '64'}"""
+    out = {}
+    if isinstance(tree, dict) and tree:
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+    else:
+        out[prefix[:-1]] = str(tree)
+    return out
+
+
+class Tracker:
+    """One MLflow run driven through `MlflowClient` (no global active run, safe in sweeps).
+
+    Example:
+        >>> t = Tracker.start("sqlite:////tmp/x/mlflow.db", "demo", "my-run")  # doctest: +SKIP
+        >>> t.log_metrics(100, {"val_accuracy": 0.9}); t.end("FINISHED")     # doctest: +SKIP
+    """
+
+    def __init__(self, client, run_id: str, seconds: float = 0.0):
+        self.client, self.run_id = client, run_id
+        self.seconds = seconds  # wall time spent in MLflow calls so far: the cost of tracking
+        self.logged: set | None = None  # a resumed run: the (metric, step)s and params it already has
+
+    @contextmanager
+    def _clock(self):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    @classmethod
+    def start(cls, uri: str, experiment: str, run_name: str, tags: dict | None = None,
+              parent_run_id: str | None = None) -> "Tracker":
+        started = time.perf_counter()
+        from mlflow.tracking import MlflowClient
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        tags = dict(tags or {})
+        if parent_run_id:
+            tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        with open_store(uri):  # a usable, whole store, or one line within seconds
+            client = MlflowClient(tracking_uri=uri)
+            experiment_id = ensure_experiment(client, experiment, artifact_location(uri))
+            run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+        return cls(client, run.info.run_id, time.perf_counter() - started)
+
+    @classmethod
+    def resume(cls, uri: str, experiment: str, run_id: str, params: dict, checkpoints: str) -> "Tracker":
+        """Reopen a KILLED/FAILED run (`run_id` or "last", `cnnlab.run.resume.find_run`) as RUNNING.
+
+        What it has already recorded is not recorded again: MLflow refuses a param with a new
+        value, and a metric step logged twice would show twice.
+        """
+        started = time.perf_counter()
+        from mlflow.tracking import MlflowClient
+
+        from cnnlab.run.resume import find_run
+
+        with open_store(uri):
+            client = MlflowClient(tracking_uri=uri)
+            run = find_run(client, experiment, run_id, params, checkpoints)
+            tracker = cls(client, run.info.run_id)
+            tracker.logged = {("param", k) for k in run.data.params}
+            for key in run.data.metrics:
+                tracker.logged |= {(key, m.step) for m in client.get_metric_history(run.info.run_id, key)}
+            client.update_run(run.info.run_id, status="RUNNING")
+        tracker.seconds = time.perf_counter() - started
+        return tracker
+
+    @classmethod
+    def attach(cls, uri: str, run_id: str) -> "Tracker":
+        """An existing run, e.g. to end one whose recorder died."""
+        from mlflow.tracking import MlflowClient
+
+        return cls(MlflowClient(tracking_uri=uri), run_id)
+
+    def log_params(self, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v[:6000]) for k, v in params.items() if ("param", k) not in (self.logged or ())]
+        with self._clock():  # MlflowClient.log_batch splits into requests of at most 100 params itself
+            self.client.log_batch(self.run_id, params=items)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        with self._clock():
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def log_metrics(self, step: int, metrics: dict[str, float], timestamp: int | None = None) -> None:
+        """One batched call per evaluation; non-finite values are left out (the run's tags tell why).
+
+        `timestamp` (ms): when the points were measured, if not now (a spooled call, `cnnlab.spool`).
+        """
+        from mlflow.entities import Metric
+
+        now = timestamp or int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if math.isfinite(v) and (k, step) not in (self.logged or ())]
+        if items:
+            with self._clock():
+                self.client.log_batch(self.run_id, metrics=items)
+
+    def log_artifacts(self, folder) -> None:
+        """Upload a folder's files; on failure, remove what a local store got only part of."""
+        with self._clock():
+            try:
+                self.client.log_artifacts(self.run_id, str(folder))
+            except Exception:
+                self._remove_partial(Path(folder))
+                raise
+
+    def log_model(self, folder, name: str = "model", step: int = 0, register_as: str | None = None) -> None:
+        """Upload the MLflow model saved in `folder` as this run's logged model `name` (`cnnlab.record.logged_model`)."""
+        from cnnlab.record.logged_model import log_model
+
+        with self._clock():
+            log_model(self.client, self.run_id, Path(folder), name, step, register_as)
+
+    def log_datasets(self, inputs: list[dict]) -> None:
+        """The run's data splits as MLflow dataset inputs (`cnnlab.record.logged_model.dataset_inputs`)."""
+        from cnnlab.record.logged_model import log_datasets
+
+        with self._clock():
+            log_datasets(self.client, self.run_id, inputs)
+
+    def _remove_partial(self, folder: Path) -> None:
+        from urllib.parse import unquote
+
+        if urlsplit(self.client.tracking_uri).scheme in ("http", "https"):
+            return  # a server receives each file whole or not at all (and may be down: don't ask it)
+        uri = urlsplit(self.client.get_run(self.run_id).info.artifact_uri)
+        if uri.scheme not in ("", "file"):
+            return  # a remote store receives each file whole or not at all
+        stored = Path(unquote(uri.path))
+        for source in folder.rglob("*"):
+            copy = stored / source.relative_to(folder)
+            if source.is_file() and copy.is_file() and copy.stat().st_size != source.stat().st_size:
+                copy.unlink()
+
+    def end(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status)
+
+
+def ensure_experiment(client, name: str, location: str | None) -> str:
+    """The experiment's id, created with our artifact location if new (parallel jobs may race here)."""
+    found = client.get_experiment_by_name(name)
+    if found:
+        return found.experiment_id
+    try:
+        # the MLflow UI then opens it in its model-training view (metrics, params, artifacts)
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={"mlflow.experimentKind": "custom_model_development"})
+    except Exception:
+        found = client.get_experiment_by_name(name)  # another process created it first
+        if found:
+            return found.experiment_id
+        raise

@@ -1,0 +1,138 @@
+"""The body of one Hydra job (`run.py` hands it the composed config): validate, then dry-run or train.
+
+A single run ends a failure with one line and a non-zero exit (`cnnlab.cli`). In a
+sweep, each job prints a line as it starts and as it ends, and a failed job is recorded
+(a FAILED child run) while the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+from cnnlab.cli import EXIT_DIVERGED, EXIT_TRACKING, _cause, _interrupt, _redacted_traceback, fail
+from cnnlab.sweep.cluster import JOB_ENV, KEYS_ENV, PARENT_ENV
+from cnnlab.errors import ConfigError
+from cnnlab.run.runlog import say
+
+
+def hydra_context() -> tuple[list[str], dict, bool]:
+    """The job's overrides, its group choices, and whether it is one job of a multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return [], {}, False
+    hc = HydraConfig.get()
+    choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
+    return list(hc.overrides.task), choices, hc.mode == RunMode.MULTIRUN
+
+def run_job(cfg):
+    """The body of one Hydra job: validate, then dry-run or train.
+
+    Returns the final validation accuracy: the objective a hyperparameter sweeper
+    maximises (the test set stays out of model selection).
+
+    A single run ends a failure with one line and a non-zero exit. In a sweep the
+    job's failure is recorded (a FAILED child run) and the sweep goes on.
+    """
+    from cnnlab.config.guard import redact_overrides
+
+    overrides, choices, in_sweep = hydra_context()
+    overrides = redact_overrides(overrides)  # they are recorded (tags, run names) and printed
+    if in_sweep and JOB_ENV not in os.environ:  # (the cnnlab launcher's workers set it themselves)
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.core.utils import env_override
+
+        with env_override({JOB_ENV: str(HydraConfig.get().job.num)}):  # the launcher finds a lost job's run by it
+            return _run_job(cfg, overrides, choices, in_sweep)
+    return _run_job(cfg, overrides, choices, in_sweep)
+
+def _run_job(cfg, overrides: list[str], choices: dict, in_sweep: bool):
+    from cnnlab.config.schema import check_config
+
+    try:
+        run = check_config(cfg)
+        if run.dry_run:
+            return dry_run(cfg, run)
+        from cnnlab.errors import CheckpointError, Diverged
+        from cnnlab.record.recorder import TrackingError
+        from cnnlab.run.train import train
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _interrupt)  # a killed job ends its MLflow run as KILLED
+        name = sweep_child_name(overrides) if in_sweep else None
+        if in_sweep:  # parallel jobs share the console: a line as each starts and ends, no progress between
+            if run.trainer["verbose"] == "auto":
+                run.trainer["verbose"] = 0
+            say(f"{name or 'job'}: started")
+        try:
+            return train(run, overrides, choices, parent_run_id=os.environ.get(PARENT_ENV) if in_sweep else None,
+                         name=name, release=in_sweep)["val_accuracy"]
+        except (Diverged, TrackingError, CheckpointError) as e:
+            message = str(e) if isinstance(e, Diverged) else \
+                f"{'checkpoint' if isinstance(e, CheckpointError) else 'tracking'}: {e}"
+            if not in_sweep:
+                fail(message, EXIT_DIVERGED if isinstance(e, Diverged) else EXIT_TRACKING)
+            say(f"error: {' '.join(overrides)}: {message}", error=True)
+        # Ctrl-C or SIGTERM (Interrupted) goes on up: guard_hydra_errors prints it, a sweep stops
+    except ConfigError as e:
+        if not in_sweep:
+            fail(str(e))
+        from cnnlab.config.guard import redact_text
+
+        say(redact_text(f"error: {' '.join(overrides)}: {e}"), error=True)
+        record_failed_job(cfg, overrides, str(e))
+    except Exception as e:
+        if _cause(e, KeyboardInterrupt) is not None:  # cleanup failed while handling Ctrl-C: still Ctrl-C
+            raise _cause(e, KeyboardInterrupt) from None
+        sys.stderr.write(_redacted_traceback(*sys.exc_info()))  # (Hydra would print the raw overrides)
+        if not in_sweep:
+            sys.exit(1)
+        # train() has marked the child run FAILED; the sweep goes on
+    return None
+
+def sweep_child_name(overrides: list[str]) -> str | None:
+    from cnnlab.sweep.callback import child_name
+
+    return child_name(overrides, os.environ.get(KEYS_ENV, "").split(","))
+
+def record_failed_job(cfg, overrides: list[str], message: str) -> None:
+    """A sweep job whose config is invalid still appears in MLflow, as a FAILED child run."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return
+    from omegaconf import OmegaConf
+
+    from cnnlab.config.guard import redact_text
+    from cnnlab.record.tracking import Tracker, check_tracking, tracking_uri
+
+    try:
+        tracking = check_tracking(OmegaConf.to_container(cfg.tracking, resolve=True))
+    except Exception:
+        return  # the tracking config itself is broken: nowhere to record it
+    if not tracking["enabled"]:
+        return
+    name = sweep_child_name(overrides) or "invalid config"
+    tracker = Tracker.start(tracking_uri(tracking), tracking["experiment"], name, parent_run_id=parent,
+                            tags={"hydra.overrides": " ".join(overrides), "error": redact_text(message)[:5000]})
+    tracker.end("FAILED")
+def dry_run(cfg, run) -> None:
+    """Print the resolved config and the shape table, build the Keras model, check that it agrees."""
+    from omegaconf import OmegaConf
+
+    from cnnlab.model.builder import build_model, shape_table, verify_model
+
+    say(OmegaConf.to_yaml(OmegaConf.create(run.resolved)))  # secrets redacted
+    say(shape_table(run.arch))
+    from cnnlab.model.memory import estimate
+
+    say(estimate(run.arch, run.trainer["batch_size"]).summary(run.trainer["memory_budget_mb"]))
+    from cnnlab.backend import keras
+
+    model = build_model(run.arch, run.trainer["seed"])
+    verify_model(run.arch, model)
+    say(f"Keras {keras.__version__} ({keras.backend.backend()}) built the same model: "
+          f"{model.count_params():,} parameters, output {tuple(model.output.shape)}")
