@@ -92,7 +92,7 @@ def test_new_network_is_a_new_yaml_file_and_nothing_else(compose, tmp_path):
     assert rows["conv3"].kernel_init == {"scheme": "orthogonal", "gain": 1.0}
     assert rows["logits"].kernel_init == {"scheme": "lecun_normal"}
 
-    model = build_model(arch, run.trainer["seed"])
+    model = build_model(arch, run.trainer.seed)
     verify_model(arch, model)
     assert model.name == "mynet"
     assert tuple(model.output.shape) == (None, 10)

@@ -55,7 +55,7 @@ def test_same_seed_gives_identical_weights(compose, ltfn5_he_seed7):
     _, first = ltfn5_he_seed7
     # the second build goes through the real config, with the seed from the trainer group
     run = check_config(compose("model=ltfn5", "init=he", "trainer.seed=7"))
-    second = build_model(run.arch, run.trainer["seed"])
+    second = build_model(run.arch, run.trainer.seed)
     a, b = weights(first), weights(second)
     assert a.keys() == b.keys() == {"conv1", "conv2", "conv3", "conv4", "logits"}
     for name in a:

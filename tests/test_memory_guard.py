@@ -36,7 +36,7 @@ def test_ltfn5_estimate_is_the_hand_count(compose):
 
 def test_ltfn5_passes_the_default_budget_and_fails_a_tiny_one(compose):
     run = check_config(compose("model=ltfn5"))
-    assert run.trainer["memory_budget_mb"] == "auto"
+    assert run.trainer.memory_budget_mb == "auto"
     with pytest.raises(ConfigError) as err:
         check_config(compose("model=ltfn5", "trainer.memory_budget_mb=100"))
     assert err.value.path == "model.layers.conv2"

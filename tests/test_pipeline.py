@@ -51,11 +51,10 @@ def test_batch_order_walks_epochs():
 
 def test_training_batches_picks_the_configured_pipeline():
     x, y = data()
-    trainer = {"batch_size": BATCH, "shuffle": False, "seed": 0}
-    assert isinstance(training_batches(x, y, {**trainer, "pipeline": "pydataset"}, STEPS), BatchStream)
-    tensors = training_batches(x, y, {**trainer, "pipeline": "tensors"}, STEPS)
+    assert isinstance(training_batches(x, y, BATCH, STEPS, shuffle=False, pipeline="pydataset"), BatchStream)
+    tensors = training_batches(x, y, BATCH, STEPS, shuffle=False, pipeline="tensors")
     assert isinstance(tensors, TFDatasetBatches)  # the suite runs on TensorFlow; JAX is covered by test_backends
-    assert isinstance(training_batches(x, y, {**trainer, "pipeline": "auto"}, STEPS), TFDatasetBatches)
+    assert isinstance(training_batches(x, y, BATCH, STEPS, shuffle=False, pipeline="auto"), TFDatasetBatches)
     tensors.release()
     assert tensors.dataset is None
 
@@ -108,8 +107,8 @@ def test_fit_inputs_have_no_tf_data_autotuning(pipeline):
     from cnnlab.data.pipeline import validation_input
 
     x, y = data()
-    trainer = {"batch_size": BATCH, "shuffle": False, "seed": 0, "pipeline": pipeline}
-    inputs = [training_batches(x, y, trainer, STEPS).fit_input, validation_input(x, y)["validation_data"]]
+    inputs = [training_batches(x, y, BATCH, STEPS, shuffle=False, pipeline=pipeline).fit_input,
+              validation_input(x, y)["validation_data"]]
     for dataset in inputs:
         assert isinstance(dataset, tf.data.Dataset)
         assert dataset.options().autotune.enabled is False
@@ -120,9 +119,8 @@ def test_fit_inputs_have_no_tf_data_autotuning(pipeline):
 def test_a_resumed_stream_starts_at_its_batch(pipeline):
     """A run resumed at step k is fed batches k, k+1, ... of the uninterrupted run's order."""
     x, y = data()
-    trainer = {"batch_size": BATCH, "shuffle": True, "seed": 4, "pipeline": pipeline}
-    whole = as_numpy(training_batches(x, y, trainer, STEPS).fit_input)
-    resumed = as_numpy(training_batches(x, y, trainer, STEPS, start=7).fit_input)
+    whole = as_numpy(training_batches(x, y, BATCH, STEPS, seed=4, pipeline=pipeline).fit_input)
+    resumed = as_numpy(training_batches(x, y, BATCH, STEPS, seed=4, pipeline=pipeline, start=7).fit_input)
     assert len(resumed) == STEPS - 7
     for a, b in zip(whole[7:], resumed):
         np.testing.assert_array_equal(a[0], b[0])

@@ -272,7 +272,7 @@ def test_real_mnist_small_budget(compose):
     run = check_config(compose("model=tiny", "optimizer=adam", "optimizer.lr=0.01", "trainer.steps=150",
                                "trainer.eval_every=50", "dataset.test_size=2000", "tracking=none",
                                "trainer.verbose=0"))
-    assert run.dataset["name"] == "mnist" and run.dataset["val_size"] == 5000 and run.dataset["train_size"] is None
+    assert run.dataset.name == "mnist" and run.dataset.val_size == 5000 and run.dataset.train_size is None
     result = train(run)
     assert result["test_accuracy"] > 0.7
 

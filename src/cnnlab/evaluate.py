@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.cli import EXIT_TRACKING, Arguments, fail, run_command
-from cnnlab.data.datasets import SPLITS, raw_split
+from cnnlab.data.datasets import SPLITS, DatasetConfig, raw_split
 from cnnlab.data.checks import scale_pixels
 from cnnlab.errors import ConfigError
 from cnnlab.record.logged_model import dataset_input, split_input
@@ -93,11 +93,11 @@ def evaluate(argv: list[str]) -> dict:
     check_fits(ref, dataset, bool(args.dataset))
     x, y, raw = raw_split(dataset, args.split)
     if not len(x):
-        raise ConfigError("--split", f"{args.split}: {dataset['name']} holds no {args.split} images "
-                                     f"(dataset.val_size is {dataset['val_size']})")
+        raise ConfigError("--split", f"{args.split}: {dataset.name} holds no {args.split} images "
+                                     f"(dataset.val_size is {dataset.val_size})")
     if x.dtype != ref.dtype and not np.can_cast(x.dtype, ref.dtype, "safe"):
         raise ConfigError("--dataset" if args.dataset else "MODEL_URI",
-                          f"{dataset['name']} holds {x.dtype} pixels but {ref.uri} takes {ref.dtype} images")
+                          f"{dataset.name} holds {x.dtype} pixels but {ref.uri} takes {ref.dtype} images")
     started = time.perf_counter()
     model = load_pyfunc(ref.uri)  # imports TensorFlow: only once all the checks passed
     probabilities = predict(model, x.astype(ref.dtype, copy=False))
@@ -105,15 +105,15 @@ def evaluate(argv: list[str]) -> dict:
     matrix = confusion_counts(y, np.argmax(probabilities, axis=-1), ref.classes)
     seconds = time.perf_counter() - started
     # described as a training run describes it (the images scaled as it trained on them): the same digest
-    data = split_input(f"{dataset['name']}-{CONTEXT[args.split]}", CONTEXT[args.split],
+    data = split_input(f"{dataset.name}-{CONTEXT[args.split]}", CONTEXT[args.split],
                        scale_pixels(x, raw.pixel_range), y, raw.source, raw.raw_dtype)
     run_id = record(client, ref, dataset, args.split, data, metrics, matrix)
-    print(f"{ref.uri} on {dataset['name']} {args.split} ({len(x)} images): "
+    print(f"{ref.uri} on {dataset.name} {args.split} ({len(x)} images): "
           + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + f" ({seconds:.1f} s), MLflow run {run_id}")
     return {**metrics, "run_id": run_id}
 
 
-def record(client, ref, dataset: dict, split: str, data: dict, metrics: dict, matrix) -> str:
+def record(client, ref, dataset: DatasetConfig, split: str, data: dict, metrics: dict, matrix) -> str:
     """The evaluation as a new, FINISHED MLflow run; one that fails part way ends FAILED with the reason.
 
     `data` is the split as `cnnlab.record.logged_model.split_input` describes it (the run's dataset input).
@@ -124,12 +124,12 @@ def record(client, ref, dataset: dict, split: str, data: dict, metrics: dict, ma
     data_input = dataset_input(data)
     with tempfile.TemporaryDirectory() as folder:
         figure = Path(folder) / "confusion_matrix.png"  # drawn before the run exists: less to fail after
-        confusion_matrix(matrix, f"{ref.run_name}: {dataset['name']} {split}", figure)
+        confusion_matrix(matrix, f"{ref.run_name}: {dataset.name} {split}", figure)
         with open_store(uri):
             experiment = ref.run.info.experiment_id if ref.run else ensure_experiment(client, "cnnlab",
                                                                                       artifact_location(uri))
             tags = {"cnnlab.evaluation": split, "cnnlab.model_uri": ref.uri, "mlflow.note.content":
-                    f"Evaluation of {ref.uri} on {dataset['name']} {split} ({data['rows']} images)"}
+                    f"Evaluation of {ref.uri} on {dataset.name} {split} ({data['rows']} images)"}
             if ref.run:
                 tags[SOURCE_TAG] = ref.run.info.run_id
             run_id = client.create_run(experiment, run_name=f"evaluate-{ref.run_name}", tags=tags).info.run_id

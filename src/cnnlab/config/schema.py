@@ -2,7 +2,8 @@
 
 `check_config` resolves interpolations, checks every group with its own
 module's rules and the rules between groups (the model must take the data
-set's images and emit one logit per class), and returns plain Python values.
+set's images and emit one logit per class), and returns a `RunConfig`: each
+group as its typed, frozen config (`TrainerConfig`, `DatasetConfig`, ...).
 It imports neither tensorflow nor mlflow, so a bad config fails in well
 under two seconds.
 
@@ -10,8 +11,9 @@ Example (composing the real configs, as the tests do):
     >>> from hydra import compose, initialize_config_dir
     >>> with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
     ...     cfg = compose("config", overrides=["model=ltfn5", "init=he"])
-    >>> check_config(cfg).arch.total_params
-    321738
+    >>> run = check_config(cfg)
+    >>> run.arch.total_params, run.trainer.batch_size, run.optimizer.name
+    (321738, 100, 'sgd')
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ from pathlib import Path
 
 from cnnlab.model.builder import Architecture, check_model
 from cnnlab.config.guard import redacted_config, refuse_targets
-from cnnlab.data.datasets import check_dataset
+from cnnlab.data.datasets import DatasetConfig, check_dataset
 from cnnlab.errors import ConfigError
 from cnnlab.config.fields import boolean, closest, optional, show, string
 from cnnlab.model.memory import check_memory
-from cnnlab.run.optimizers import check_optimizer
-from cnnlab.record.tracking import check_tracking
-from cnnlab.run.trainer import check_trainer
+from cnnlab.run.optimizers import OptimizerConfig, check_optimizer
+from cnnlab.record.tracking import TrackingConfig, check_tracking
+from cnnlab.run.trainer import TrainerConfig, check_trainer
 
 CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 GROUPS = ("model", "init", "dataset", "optimizer", "trainer", "tracking")
@@ -36,13 +38,13 @@ TOP_LEVEL = (*GROUPS, "dry_run", "resume")
 
 @dataclass
 class RunConfig:
-    """A validated run: every group as plain values, the model as a checked architecture."""
+    """A validated run: each group as its typed config, the model as a checked architecture."""
 
     arch: Architecture
-    dataset: dict
-    optimizer: dict
-    trainer: dict
-    tracking: dict
+    dataset: DatasetConfig
+    optimizer: OptimizerConfig
+    trainer: TrainerConfig
+    tracking: TrackingConfig
     dry_run: bool
     resolved: dict  # the resolved config as the user wrote it, for logging: oc.env values, URI credentials `***`
     resume: str | None = None  # a run id to continue, or "last" (cnnlab.run.resume)
@@ -76,20 +78,20 @@ def check_config(cfg) -> RunConfig:
 
     arch = check_model(plain["model"], plain["init"])
     dataset = check_dataset(plain["dataset"])
-    if arch.input_shape != dataset["input_shape"]:
+    if arch.input_shape != dataset.input_shape:
         raise ConfigError(
             "model.input_shape",
-            f"{show(list(arch.input_shape))} but dataset {dataset['name']} gives {show(list(dataset['input_shape']))} images",
+            f"{show(list(arch.input_shape))} but dataset {dataset.name} gives {show(list(dataset.input_shape))} images",
         )
     last = arch.rows[-1]
-    if arch.output_shape != (dataset["num_classes"],):
+    if arch.output_shape != (dataset.num_classes,):
         raise ConfigError(
             f"model.layers.{last.name}",
-            f"the output layer emits {show(list(arch.output_shape))} per image but dataset {dataset['name']} "
-            f"has {dataset['num_classes']} classes: end with a flat ({dataset['num_classes']},) output",
+            f"the output layer emits {show(list(arch.output_shape))} per image but dataset {dataset.name} "
+            f"has {dataset.num_classes} classes: end with a flat ({dataset.num_classes},) output",
         )
     trainer = check_trainer(plain["trainer"])
-    check_memory(arch, trainer)  # the size guard: a model too big for memory fails here, not in TensorFlow
+    check_memory(arch, trainer.batch_size, trainer.memory_budget_mb)  # too big for memory: fails here, not in TF
     return RunConfig(
         arch=arch,
         dataset=dataset,

@@ -8,12 +8,14 @@ Each split's arrays must agree in length and hold what training expects:
 - labels: one integer class index per image (a float 3.0 is fine, 3.5 is refused,
   never truncated), in [0, num_classes).
 
-`key` is the config key (or environment variable) that chose the file, so the
-user knows what to change; `source` is the file itself.
+`spec` is the checked `dataset` config (`cnnlab.data.datasets.DatasetConfig`); `key` is the
+config key (or environment variable) that chose the file, so the user knows what to change;
+`source` is the file itself.
 
 Example:
     >>> import numpy as np
-    >>> spec = {"input_shape": (2, 2, 1), "num_classes": 3, "pixel_range": None}
+    >>> from cnnlab.data.datasets import check_dataset
+    >>> spec = check_dataset({"name": "synthetic", "input_shape": [2, 2, 1], "num_classes": 3})
     >>> x, y = check_split(np.full((4, 2, 2), 255, np.uint8), np.arange(4) % 3, "train", spec, "f.npz", "dataset.path")
     >>> float(x.max()), y.dtype.name
     (1.0, 'int32')
@@ -55,13 +57,13 @@ def source_range(dtype, given=None) -> tuple[float, float]:
     return UINT8_RANGE if np.dtype(dtype) == np.uint8 else (0.0, 1.0)
 
 
-def check_split(x, y, split: str, spec: dict, source: str, key: str):
+def check_split(x, y, split: str, spec, source: str, key: str):
     """One split's (images, labels) → (float32 NHWC pixels in [0, 1], int32 labels). Raises DataError."""
     x, y = check_raw_split(x, y, split, spec, source, key)
-    return scale_pixels(x, source_range(x.dtype, spec.get("pixel_range"))), y
+    return scale_pixels(x, source_range(x.dtype, spec.pixel_range)), y
 
 
-def check_raw_split(x, y, split: str, spec: dict, source: str, key: str):
+def check_raw_split(x, y, split: str, spec, source: str, key: str):
     """`check_split` without the scaling: (NHWC pixels as the file holds them, int32 labels).
 
     What a served model takes (`cnnlab.record.export`): e.g. uint8 MNIST images with their channel axis.
@@ -78,16 +80,16 @@ def check_raw_split(x, y, split: str, spec: dict, source: str, key: str):
     return check_pixels(x, split, spec, source, key), check_labels(y, split, spec, source, key)
 
 
-def check_pixels(x: np.ndarray, split: str, spec: dict, source: str, key: str) -> np.ndarray:
+def check_pixels(x: np.ndarray, split: str, spec, source: str, key: str) -> np.ndarray:
     """Raw NHWC pixels (a grayscale file gains its channel axis), checked: finite, in the data set's range."""
     if x.ndim == 3:
         x = x[..., None]  # add the channel axis to grayscale images
-    if tuple(x.shape[1:]) != tuple(spec["input_shape"]):
-        raise DataError("dataset.input_shape", f"{list(spec['input_shape'])} but {source} holds x_{split} images "
+    if tuple(x.shape[1:]) != tuple(spec.input_shape):
+        raise DataError("dataset.input_shape", f"{list(spec.input_shape)} but {source} holds x_{split} images "
                                                f"of shape {list(x.shape[1:])}")
     if x.dtype.kind not in "uif":
         raise DataError(key, f"x_{split} in {source} holds {x.dtype} values; expected numbers (uint8 or float pixels)")
-    given = spec.get("pixel_range")
+    given = spec.pixel_range
     lo, hi = source_range(x.dtype, given)
     if not x.size:
         return x
@@ -120,8 +122,8 @@ def scale_pixels(x: np.ndarray, pixel_range: tuple[float, float]) -> np.ndarray:
     return np.clip(out, 0.0, 1.0, out=out)  # within SLACK of the range: clip the rounding error away
 
 
-def check_labels(y: np.ndarray, split: str, spec: dict, source: str, key: str) -> np.ndarray:
-    k = spec["num_classes"]
+def check_labels(y: np.ndarray, split: str, spec, source: str, key: str) -> np.ndarray:
+    k = spec.num_classes
     where = f"y_{split} in {source}"
     if y.dtype.kind not in "uifb":
         raise DataError(key, f"{where} holds {y.dtype} values; labels must be integer class indices in [0, {k})")

@@ -9,7 +9,7 @@ touched by the final evaluation. The arrays are checked as they load
 line before any MLflow run exists.
 
 Example:
-    >>> check_dataset({"name": "mnist", "input_shape": [28, 28, 1], "num_classes": 10}, "dataset")["val_size"]
+    >>> check_dataset({"name": "mnist", "input_shape": [28, 28, 1], "num_classes": 10}, "dataset").val_size
     5000
 """
 
@@ -44,7 +44,21 @@ DATASET_FIELDS = {
 }
 
 
-def check_dataset(cfg, path: str = "dataset") -> dict:
+@dataclass(frozen=True)
+class DatasetConfig:
+    """A checked `dataset` group (the keys of DATASET_FIELDS, which gives their rules and defaults)."""
+
+    name: str
+    path: str | None
+    input_shape: tuple[int, ...]
+    num_classes: int
+    val_size: int
+    train_size: int | None
+    test_size: int | None
+    pixel_range: tuple[float, float] | None
+
+
+def check_dataset(cfg, path: str = "dataset") -> DatasetConfig:
     d = check_fields(cfg, DATASET_FIELDS, path)
     known = KNOWN_SHAPES.get(d["name"])
     if known and d["input_shape"] != known:
@@ -55,7 +69,7 @@ def check_dataset(cfg, path: str = "dataset") -> dict:
         raise ConfigError(
             f"{path}.val_size", f"{d['val_size']} leaves no training images out of train_size {d['train_size']}"
         )
-    return d
+    return DatasetConfig(**d)
 
 
 @dataclass
@@ -73,15 +87,15 @@ class Data:
     pixel_range: tuple[float, float] = (0.0, 1.0)  # the raw range that was mapped onto [0, 1]
 
 
-def data_file(spec: dict) -> Path | None:
+def data_file(spec: DatasetConfig) -> Path | None:
     """The .npz to read: `dataset.path`, else $CNNLAB_DATA_DIR/<name>.npz, else None (Keras downloads)."""
-    if spec["path"]:
-        return Path(spec["path"]).expanduser()
+    if spec.path:
+        return Path(spec.path).expanduser()
     folder = os.environ.get(DATA_DIR_ENV)
-    return Path(folder).expanduser() / f"{spec['name']}.npz" if folder else None
+    return Path(folder).expanduser() / f"{spec.name}.npz" if folder else None
 
 
-def load_data(spec: dict) -> Data:
+def load_data(spec: DatasetConfig) -> Data:
     """Load, check, scale and split the data set a validated `dataset` config names. Raises DataError."""
     raw = load_raw(spec)
     scale = [scale_pixels(x, raw.pixel_range) for x in (raw.x_train, raw.x_val, raw.x_test)]
@@ -89,38 +103,38 @@ def load_data(spec: dict) -> Data:
                 raw.raw_dtype, raw.pixel_range)
 
 
-def load_raw(spec: dict) -> Data:
+def load_raw(spec: DatasetConfig) -> Data:
     """`load_data` without the scaling: the same checked splits, pixels as the file holds them.
 
     What a served model takes (`cnnlab.record.export`); `raw_split` gives one split of it.
     """
-    if spec["name"] == "synthetic":
+    if spec.name == "synthetic":
         arrays, source = synthetic_arrays(spec), "synthetic"
     else:
         path = data_file(spec)
-        arrays, source = (_read_npz(path, spec), str(path)) if path else (_download(spec), f"keras.datasets.{spec['name']}")
+        arrays, source = (_read_npz(path, spec), str(path)) if path else (_download(spec), f"keras.datasets.{spec.name}")
     key = _source_key(spec)
     x_train, y_train = check_raw_split(arrays[0], arrays[1], "train", spec, source, key)
     x_test, y_test = check_raw_split(arrays[2], arrays[3], "test", spec, source, key)
-    if spec["train_size"]:
-        x_train, y_train = x_train[: spec["train_size"]], y_train[: spec["train_size"]]
-    if spec["test_size"]:
-        x_test, y_test = x_test[: spec["test_size"]], y_test[: spec["test_size"]]
+    if spec.train_size:
+        x_train, y_train = x_train[: spec.train_size], y_train[: spec.train_size]
+    if spec.test_size:
+        x_test, y_test = x_test[: spec.test_size], y_test[: spec.test_size]
     check_not_empty(len(x_train), "training images (x_train is empty)", source, key)
     check_not_empty(len(x_test), "test images (x_test is empty)", source, key)
-    n_val = spec["val_size"]
+    n_val = spec.val_size
     if n_val >= len(x_train):
         raise DataError("dataset.val_size", f"{n_val} leaves no training images out of {len(x_train)} in {source}")
     cut = len(x_train) - n_val  # the last val_size images validate, as LTFN's 55,000/5,000 split
     raw_dtype = str(arrays[0].dtype)
     return Data(x_train[:cut], y_train[:cut], x_train[cut:], y_train[cut:], x_test, y_test, source,
-                raw_dtype, source_range(raw_dtype, spec["pixel_range"]))
+                raw_dtype, source_range(raw_dtype, spec.pixel_range))
 
 
 SPLITS = ("train", "val", "test")
 
 
-def raw_split(spec: dict, split: str) -> tuple[np.ndarray, np.ndarray, Data]:
+def raw_split(spec: DatasetConfig, split: str) -> tuple[np.ndarray, np.ndarray, Data]:
     """One split's raw checked (images, labels), and the `load_raw` Data it came from.
 
     Example:
@@ -139,22 +153,22 @@ def raw_split(spec: dict, split: str) -> tuple[np.ndarray, np.ndarray, Data]:
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
-def _source_key(spec: dict) -> str:
+def _source_key(spec: DatasetConfig) -> str:
     """The setting that chose the file: what a user changes to point at a good one."""
-    if spec["name"] == "synthetic":
+    if spec.name == "synthetic":
         return "dataset.name"
-    return "dataset.path" if spec["path"] else DATA_DIR_ENV
+    return "dataset.path" if spec.path else DATA_DIR_ENV
 
 
-def _where_hint(spec: dict) -> str:
-    return (f"put {spec['name']}.npz (keys {', '.join(KEYS)}) in a folder and set {DATA_DIR_ENV} to it, "
+def _where_hint(spec: DatasetConfig) -> str:
+    return (f"put {spec.name}.npz (keys {', '.join(KEYS)}) in a folder and set {DATA_DIR_ENV} to it, "
             "or set dataset.path")
 
 
-def _read_npz(path: Path, spec: dict):
+def _read_npz(path: Path, spec: DatasetConfig):
     key = _source_key(spec)
     if not path.is_file():
-        raise DataError(key, f"{spec['name']} data file not found at {path}; {_where_hint(spec)}")
+        raise DataError(key, f"{spec.name} data file not found at {path}; {_where_hint(spec)}")
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in KEYS if k not in f.files]
@@ -165,23 +179,23 @@ def _read_npz(path: Path, spec: dict):
         raise DataError(key, f"{path} is not a readable .npz file ({type(e).__name__}: {e}); {_where_hint(spec)}") from None
 
 
-def _download(spec: dict):
+def _download(spec: DatasetConfig):
     from cnnlab.backend import keras
 
     try:
-        (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, spec["name"]).load_data()
+        (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, spec.name).load_data()
     except Exception as e:  # no network, a proxy, a truncated cache: all end the same way for the user
         raise DataError(
-            DATA_DIR_ENV, f"could not download {spec['name']} ({type(e).__name__}: {str(e)[:120]}); {_where_hint(spec)}"
+            DATA_DIR_ENV, f"could not download {spec.name} ({type(e).__name__}: {str(e)[:120]}); {_where_hint(spec)}"
         ) from None
     return x_train, y_train, x_test, y_test
 
 
-def synthetic_arrays(spec: dict, seed: int = 0):
+def synthetic_arrays(spec: DatasetConfig, seed: int = 0):
     """A learnable toy set: class c has a bright square at the c-th cell of a grid, plus noise."""
     rng = np.random.default_rng(seed)
-    h, w, c = spec["input_shape"]
-    k = spec["num_classes"]
+    h, w, c = spec.input_shape
+    k = spec.num_classes
     cols = math.ceil(math.sqrt(k))
     rows = math.ceil(k / cols)
     ch, cw = max(h // rows, 1), max(w // cols, 1)
@@ -194,7 +208,7 @@ def synthetic_arrays(spec: dict, seed: int = 0):
             x[i, r * ch : (r + 1) * ch, q * cw : (q + 1) * cw, :] = 255
         return x, y
 
-    n_train = spec["train_size"] or 1024
+    n_train = spec.train_size or 1024
     x_train, y_train = make(n_train)
-    x_test, y_test = make(spec["test_size"] or 256)
+    x_test, y_test = make(spec.test_size or 256)
     return x_train, y_train, x_test, y_test

@@ -133,11 +133,14 @@ def validation_input(x, y, batch_size: int = 500) -> dict:
     return {"validation_data": without_autotune(dataset)}
 
 
-def training_batches(x, y, trainer: dict, steps: int, start: int = 0):
-    """The run's batches from batch `start` on: `.fit_input` goes to `model.fit`; also `.per_epoch`, `.release()`."""
-    orders = epoch_orders(len(x), trainer["batch_size"], steps, trainer["shuffle"], trainer["seed"])
-    args = (trainer["batch_size"], steps, orders, start)
-    pipeline = trainer["pipeline"]
+def training_batches(x, y, batch_size: int, steps: int, *, shuffle: bool = True, seed: int = 0,
+                     pipeline: str = "auto", start: int = 0):
+    """The run's batches from batch `start` on: `.fit_input` goes to `model.fit`; also `.per_epoch`, `.release()`.
+
+    `shuffle`, `seed` and `pipeline` are the `trainer` group's keys of those names.
+    """
+    orders = epoch_orders(len(x), batch_size, steps, shuffle, seed)
+    args = (batch_size, steps, orders, start)
     if pipeline == "auto":
         pipeline = "tensors" if keras.backend.backend() == "tensorflow" else "pydataset"
     if pipeline == "pydataset":

@@ -27,7 +27,7 @@ Example:
     >>> est.param_bytes, est.activation_bytes, est.biggest()
     (866720, 9288000, 'conv1')
     >>> try:
-    ...     check_memory(arch, {"batch_size": 100, "memory_budget_mb": 5})
+    ...     check_memory(arch, batch_size=100, budget=5)
     ... except ConfigError as e:
     ...     print(e.path, "|", e.message.split("; ")[1].split(":")[0])
     model.layers.conv1 | the run's estimate ~9.7 MB exceeds trainer.memory_budget_mb=5 (5.0 MB)
@@ -121,10 +121,10 @@ def estimate(arch, batch_size: int) -> Estimate:
     return Estimate(batch_size, layers)
 
 
-def check_memory(arch, trainer: dict) -> Estimate:
-    """Refuse a run whose estimate exceeds `trainer.memory_budget_mb`, naming the layer that contributes most."""
-    est = estimate(arch, trainer["batch_size"])
-    limit = budget_bytes(trainer["memory_budget_mb"])
+def check_memory(arch, batch_size: int, budget) -> Estimate:
+    """Refuse a run whose estimate exceeds `budget` (`trainer.memory_budget_mb`), naming the layer that contributes most."""
+    est = estimate(arch, batch_size)
+    limit = budget_bytes(budget)
     if limit is None or est.total <= limit:
         return est
     name = est.biggest()
@@ -132,7 +132,6 @@ def check_memory(arch, trainer: dict) -> Estimate:
     row = next((r for r in arch.rows if r.name == name), None)
     size = [f"{k}={row.args[k]}" for k in ("filters", "units") if row and k in row.args]
     out = row.output_shape if row else arch.input_shape
-    budget = trainer["memory_budget_mb"]
     shown = f"{fmt_bytes(limit)}, half of this machine's memory" if budget == "auto" else fmt_bytes(limit)
     raise ConfigError(
         f"model.layers.{name}" if row else "model.input_shape",

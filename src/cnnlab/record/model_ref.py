@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cnnlab.data.datasets import check_dataset
+from cnnlab.data.datasets import DatasetConfig, check_dataset
 from cnnlab.errors import ConfigError
 from cnnlab.config.fields import closest, show
 from cnnlab.record.store import redact_uri
@@ -133,7 +133,7 @@ def logged_names(client, run) -> str:
     return "it logged none (trained with tracking.log_model=false, or before runs logged their model)"
 
 
-def run_dataset(ref: ModelRef) -> dict:
+def run_dataset(ref: ModelRef) -> DatasetConfig:
     """The `dataset` config the source run trained on, rebuilt from its logged `dataset.*` params."""
     params = {k[len("dataset."):]: v for k, v in ref.run.data.params.items() if k.startswith("dataset.")} \
         if ref.run else {}
@@ -159,7 +159,7 @@ def param_value(key: str, text: str):
         return text
 
 
-def option_dataset(name: str) -> dict:
+def option_dataset(name: str) -> DatasetConfig:
     """conf/dataset/<name>.yaml, composed as `python run.py dataset=<name>` would (no TensorFlow import)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
@@ -178,15 +178,15 @@ def option_dataset(name: str) -> dict:
     return check_dataset(to_plain(cfg.dataset), "dataset")
 
 
-def check_fits(ref: ModelRef, dataset: dict, given: bool) -> None:
+def check_fits(ref: ModelRef, dataset: DatasetConfig, given: bool) -> None:
     """The data set's images and classes must be what the model takes and emits: one line naming both."""
     key = "--dataset" if given else KEY
-    images = list(dataset["input_shape"])
+    images = list(dataset.input_shape)
     if tuple(images) != ref.shape:
-        raise ConfigError(key, f"{dataset['name']} images are {show(images)} but {ref.uri} takes "
+        raise ConfigError(key, f"{dataset.name} images are {show(images)} but {ref.uri} takes "
                                f"{show(list(ref.shape))} images")
-    if dataset["num_classes"] != ref.classes:
-        raise ConfigError(key, f"{dataset['name']} has {dataset['num_classes']} classes but {ref.uri} "
+    if dataset.num_classes != ref.classes:
+        raise ConfigError(key, f"{dataset.name} has {dataset.num_classes} classes but {ref.uri} "
                                f"emits {ref.classes} probabilities")
 
 

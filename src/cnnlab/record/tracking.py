@@ -5,7 +5,7 @@ The default store is `sqlite:///<repo>/mlruns/mlflow.db` with artifacts in
 mlflow is imported only when a run is actually tracked.
 
 Example:
-    >>> check_tracking({"enabled": False}, "tracking")["experiment"]
+    >>> check_tracking({"enabled": False}, "tracking").experiment
     'cnnlab'
 """
 
@@ -15,6 +15,7 @@ import math
 import os
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -55,26 +56,40 @@ TRACKING_FIELDS = {
 }
 
 
-def check_tracking(cfg, path: str = "tracking") -> dict:
+@dataclass(frozen=True)
+class TrackingConfig:
+    """A checked `tracking` group (the keys of TRACKING_FIELDS, which gives their rules and defaults)."""
+
+    enabled: bool
+    uri: str | None
+    experiment: str
+    run_name: str | None
+    log_model: bool
+    register_as: str | None
+    server: bool
+    shared_filesystem: bool
+
+
+def check_tracking(cfg, path: str = "tracking") -> TrackingConfig:
     spec = check_fields(cfg, TRACKING_FIELDS, path)
     if spec["register_as"] and spec["enabled"] and not spec["log_model"]:
         raise ConfigError(f"{path}.register_as", f"{spec['register_as']!r} needs a logged model, "
                                                  f"but {path}.log_model is false")
-    return spec
+    return TrackingConfig(**spec)
 
 
-def tracking_uri(spec: dict) -> str:
+def tracking_uri(spec: TrackingConfig) -> str:
     """`tracking.uri` > $MLFLOW_TRACKING_URI > SQLite under <repo>/mlruns (MLflow 3 refuses a bare file store).
 
     With `tracking.server` (tracking=server) the URI must name an http(s) server: no SQLite fallback.
     """
-    uri = resolve_uri(spec["uri"])
-    if spec.get("server"):
-        if not (spec["uri"] or os.environ.get(URI_ENV)):
+    uri = resolve_uri(spec.uri)
+    if spec.server:
+        if not (spec.uri or os.environ.get(URI_ENV)):
             raise ConfigError(URI_ENV, "not set: tracking=server logs to the MLflow server it names "
                                        "(export MLFLOW_TRACKING_URI=http://host:port)")
         if urlsplit(uri).scheme not in ("http", "https"):
-            raise ConfigError(URI_ENV if not spec["uri"] else "tracking.uri",
+            raise ConfigError(URI_ENV if not spec.uri else "tracking.uri",
                               f"{redact_uri(uri)!r} is not an http(s):// MLflow server, which tracking=server needs")
     return uri
 

@@ -16,7 +16,8 @@ SQLite store, else `<repo>/mlruns/checkpoints`. Nothing here imports
 TensorFlow or MLflow at module level.
 
 Example:
-    >>> root = checkpoint_root({"checkpoint_dir": "/tmp/ck"}, "sqlite:////x/mlflow.db")
+    >>> from cnnlab.run.trainer import check_trainer
+    >>> root = checkpoint_root(check_trainer({"steps": 10, "checkpoint_dir": "/tmp/ck"}), "sqlite:////x/mlflow.db")
     >>> str(root), latest(root / "no-such-run")
     ('/tmp/ck', None)
 """
@@ -30,23 +31,24 @@ from pathlib import Path
 
 from cnnlab.errors import CheckpointError
 from cnnlab.record.store import REPO_ROOT, sqlite_path
+from cnnlab.run.trainer import TrainerConfig
 
 STATE = "latest.json"
 
 
-def checkpoint_root(trainer: dict, uri: str) -> Path:
+def checkpoint_root(trainer: TrainerConfig, uri: str) -> Path:
     """Where the per-run checkpoint folders live (see the module docstring)."""
-    if trainer.get("checkpoint_dir"):
-        return Path(trainer["checkpoint_dir"]).expanduser().resolve()
+    if trainer.checkpoint_dir:
+        return Path(trainer.checkpoint_dir).expanduser().resolve()
     db = sqlite_path(uri)
     return (db.parent if db else REPO_ROOT / "mlruns") / "checkpoints"
 
 
-def interval(trainer: dict) -> int | None:
+def interval(trainer: TrainerConfig) -> int | None:
     """Steps between checkpoints: `auto` = at each evaluation (or epoch); None = off."""
-    every = trainer.get("checkpoint_every", "auto")
+    every = trainer.checkpoint_every
     if every == "auto":
-        return trainer["eval_every"] or 0  # 0: at each epoch end (eval_every null evaluates per epoch)
+        return trainer.eval_every or 0  # 0: at each epoch end (eval_every null evaluates per epoch)
     return every or None
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from cnnlab.backend import iterations, keras
 from cnnlab.errors import Diverged, Interrupted
 from cnnlab.data.pipeline import training_batches, validation_input
+from cnnlab.run.trainer import TrainerConfig
 
 
 class Monitor(keras.callbacks.Callback):
@@ -193,9 +194,9 @@ class FitResult:
     best: dict | None = None  # trainer.keep_best: {"step", "metric", "value"} of best.weights.h5
 
 
-def total_steps(trainer: dict, n_train: int) -> int:
-    per_epoch = math.ceil(n_train / trainer["batch_size"])
-    return trainer["steps"] or trainer["epochs"] * per_epoch
+def total_steps(trainer: TrainerConfig, n_train: int) -> int:
+    per_epoch = math.ceil(n_train / trainer.batch_size)
+    return trainer.steps or trainer.epochs * per_epoch
 
 
 def progress_mode(verbose) -> int:
@@ -205,7 +206,7 @@ def progress_mode(verbose) -> int:
     return verbose if verbose != "auto" else (1 if sys.stdout.isatty() else 2)
 
 
-def fit(model, data, trainer: dict, on_eval=None, check=None, start: int = 0, checkpoint_dir=None,
+def fit(model, data, trainer: TrainerConfig, on_eval=None, check=None, start: int = 0, checkpoint_dir=None,
         on_log=None) -> FitResult:
     """Train a compiled model on `data` for the trainer's budget; never raises on divergence.
 
@@ -220,11 +221,11 @@ def fit(model, data, trainer: dict, on_eval=None, check=None, start: int = 0, ch
 
     result = FitResult()
 
-    best = checkpoints.BestWeights(checkpoint_dir, trainer["keep_best"]) \
-        if checkpoint_dir and trainer.get("keep_best") else None
+    best = checkpoints.BestWeights(checkpoint_dir, trainer.keep_best) \
+        if checkpoint_dir and trainer.keep_best else None
 
     steps = total_steps(trainer, len(data.x_train))
-    progress = Progress(steps, progress_mode(trainer["verbose"]))
+    progress = Progress(steps, progress_mode(trainer.verbose))
 
     def record(step, metrics):
         result.history.append({"step": step, **metrics})
@@ -235,15 +236,15 @@ def fit(model, data, trainer: dict, on_eval=None, check=None, start: int = 0, ch
         if progress.verbose:
             progress.line(step, metrics)
 
-    per_epoch = math.ceil(len(data.x_train) / trainer["batch_size"])
-    chunk = min(trainer["eval_every"] or per_epoch, steps)
-    monitor = Monitor(record, trainer["max_loss"], check)
-    timer = StepTimer(trainer["batch_size"])
+    per_epoch = math.ceil(len(data.x_train) / trainer.batch_size)
+    chunk = min(trainer.eval_every or per_epoch, steps)
+    monitor = Monitor(record, trainer.max_loss, check)
+    timer = StepTimer(trainer.batch_size)
     callbacks = [timer, monitor, progress]
-    if on_log and trainer.get("log_every"):
-        callbacks.append(TrainLog(trainer["log_every"], on_log))
-    if trainer["early_stopping"]:
-        callbacks.append(keras.callbacks.EarlyStopping(**trainer["early_stopping"]))
+    if on_log and trainer.log_every:
+        callbacks.append(TrainLog(trainer.log_every, on_log))
+    if trainer.early_stopping:
+        callbacks.append(keras.callbacks.EarlyStopping(**trainer.early_stopping))
     every = checkpoints.interval(trainer) if checkpoint_dir else None
     saver = checkpoints.checkpointer(checkpoint_dir, every, chunk, steps) if every is not None else None
     callbacks += [saver] if saver else []  # after Monitor: an evaluation is recorded before its checkpoint
@@ -257,7 +258,8 @@ def fit(model, data, trainer: dict, on_eval=None, check=None, start: int = 0, ch
             end = min(end, steps)
             if first >= end or (first != start and model.stop_training):  # stopped in the first segment
                 break
-            batches = training_batches(data.x_train, data.y_train, trainer, steps, start=first)
+            batches = training_batches(data.x_train, data.y_train, trainer.batch_size, steps, shuffle=trainer.shuffle,
+                                       seed=trainer.seed, pipeline=trainer.pipeline, start=first)
             model.fit(
                 batches.fit_input,
                 epochs=math.ceil(end / chunk) if end == steps else 1,

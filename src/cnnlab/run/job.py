@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import replace
 
 from cnnlab.cli import EXIT_DIVERGED, EXIT_TRACKING, _cause, _interrupt, _redacted_traceback, fail
 from cnnlab.sweep.cluster import JOB_ENV, KEYS_ENV, PARENT_ENV
@@ -65,8 +66,8 @@ def _run_job(cfg, overrides: list[str], choices: dict, in_sweep: bool):
             signal.signal(signal.SIGTERM, _interrupt)  # a killed job ends its MLflow run as KILLED
         name = sweep_child_name(overrides) if in_sweep else None
         if in_sweep:  # parallel jobs share the console: a line as each starts and ends, no progress between
-            if run.trainer["verbose"] == "auto":
-                run.trainer["verbose"] = 0
+            if run.trainer.verbose == "auto":
+                run.trainer = replace(run.trainer, verbose=0)
             say(f"{name or 'job'}: started")
         try:
             return train(run, overrides, choices, parent_run_id=os.environ.get(PARENT_ENV) if in_sweep else None,
@@ -113,10 +114,10 @@ def record_failed_job(cfg, overrides: list[str], message: str) -> None:
         tracking = check_tracking(OmegaConf.to_container(cfg.tracking, resolve=True))
     except Exception:
         return  # the tracking config itself is broken: nowhere to record it
-    if not tracking["enabled"]:
+    if not tracking.enabled:
         return
     name = sweep_child_name(overrides) or "invalid config"
-    tracker = Tracker.start(tracking_uri(tracking), tracking["experiment"], name, parent_run_id=parent,
+    tracker = Tracker.start(tracking_uri(tracking), tracking.experiment, name, parent_run_id=parent,
                             tags={"hydra.overrides": " ".join(overrides), "error": redact_text(message)[:5000]})
     tracker.end("FAILED")
 def dry_run(cfg, run) -> None:
@@ -129,10 +130,10 @@ def dry_run(cfg, run) -> None:
     say(shape_table(run.arch))
     from cnnlab.model.memory import estimate
 
-    say(estimate(run.arch, run.trainer["batch_size"]).summary(run.trainer["memory_budget_mb"]))
+    say(estimate(run.arch, run.trainer.batch_size).summary(run.trainer.memory_budget_mb))
     from cnnlab.backend import keras
 
-    model = build_model(run.arch, run.trainer["seed"])
+    model = build_model(run.arch, run.trainer.seed)
     verify_model(run.arch, model)
     say(f"Keras {keras.__version__} ({keras.backend.backend()}) built the same model: "
           f"{model.count_params():,} parameters, output {tuple(model.output.shape)}")

@@ -2,13 +2,15 @@
 
 Example:
     >>> check_optimizer({"name": "sgd", "lr": 0.05}, "optimizer")
-    {'name': 'sgd', 'lr': 0.05, 'schedule': 'constant', 'momentum': 0.0, 'nesterov': False}
+    OptimizerConfig(name='sgd', lr=0.05, schedule='constant', options={'momentum': 0.0, 'nesterov': False})
 
 `schedule: cosine` decays the rate from `lr` to 0 over the run's budget
 (`keras.optimizers.schedules.CosineDecay`); `constant` keeps it at `lr`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from cnnlab.errors import ConfigError
 from cnnlab.config.fields import Field, boolean, check_fields, choice, fraction, positive_number, show, unit_interval_open
@@ -32,20 +34,29 @@ OPTIMIZERS = {
 }
 
 
-def check_optimizer(cfg, path: str = "optimizer") -> dict:
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """A checked `optimizer` group: the Keras optimizer's name, rate and schedule, and its other arguments."""
+
+    name: str
+    lr: float
+    schedule: str
+    options: dict  # the named optimizer's own keys (momentum, beta_1, ...), as Keras takes them
+
+
+def check_optimizer(cfg, path: str = "optimizer") -> OptimizerConfig:
     if not isinstance(cfg, dict) or "name" not in cfg:
         raise ConfigError(f"{path}.name", f"is required (one of {' | '.join(OPTIMIZERS)}), got {show(cfg)}")
     name = choice(*OPTIMIZERS)(cfg["name"], f"{path}.name")
     rest = check_fields({k: v for k, v in cfg.items() if k != "name"}, OPTIMIZERS[name][1], path)
-    return {"name": name, **rest}
+    return OptimizerConfig(name, rest.pop("lr"), rest.pop("schedule"), rest)
 
 
-def make_optimizer(spec: dict, total_steps: int):
+def make_optimizer(spec: OptimizerConfig, total_steps: int):
     """A fresh Keras optimizer for one run of `total_steps` optimizer steps."""
     from cnnlab.backend import keras
 
-    lr = spec["lr"]
-    if spec["schedule"] == "cosine":
+    lr = spec.lr
+    if spec.schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=total_steps)
-    kwargs = {k: v for k, v in spec.items() if k not in ("name", "lr", "schedule")}
-    return getattr(keras.optimizers, OPTIMIZERS[spec["name"]][0])(learning_rate=lr, **kwargs)
+    return getattr(keras.optimizers, OPTIMIZERS[spec.name][0])(learning_rate=lr, **spec.options)

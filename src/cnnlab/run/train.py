@@ -33,7 +33,7 @@ def run_name(run, choices: dict | None = None) -> str:
     """'ltfn5-he-sgd': model, init and optimizer, by their config-group choice where known."""
     choices = choices or {}
     init = choices.get("init") or run.resolved["init"]["hidden"]["scheme"]
-    return f"{run.arch.name}-{init}-{run.optimizer['name']}"
+    return f"{run.arch.name}-{init}-{run.optimizer.name}"
 
 
 def compile_model(model, run, total_steps: int) -> None:
@@ -46,8 +46,8 @@ def compile_model(model, run, total_steps: int) -> None:
         optimizer=make_optimizer(run.optimizer, total_steps),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        jit_compile=run.trainer["jit_compile"],
-        steps_per_execution=run.trainer["steps_per_execution"],
+        jit_compile=run.trainer.jit_compile,
+        steps_per_execution=run.trainer.steps_per_execution,
     )
 
 
@@ -76,7 +76,7 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
     when the loss becomes NaN/inf and `TrackingError` when tracking breaks mid-run
     (the run marked FAILED in both cases, by whichever process still can).
     """
-    if run.tracking["enabled"]:
+    if run.tracking.enabled:
         check_store(tracking_uri(run.tracking))  # an unusable store: one line now, not after the imports
     if parent_run_id and run.resume:  # a resumed sweep: this job's earlier child decides (cnnlab.sweep.resume)
         from cnnlab.sweep.resume import job_plan
@@ -88,14 +88,14 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
             return done
     resume = resume_request(run, parent_run_id)
     # MLflow runs in a helper process, which starts importing it now, beside the data loading
-    recorder = Recorder() if run.tracking["enabled"] else NullRecorder()
+    recorder = Recorder() if run.tracking.enabled else NullRecorder()
     try:
         data = load_data(run.dataset)  # a data error must come before any MLflow run exists
     except BaseException:
         recorder.close()
         raise
-    name = run.tracking["run_name"] or name or run_name(run, choices)
-    recorder.start(tracking_uri(run.tracking), run.tracking["experiment"], name, parent_run_id=parent_run_id,
+    name = run.tracking.run_name or name or run_name(run, choices)
+    recorder.start(tracking_uri(run.tracking), run.tracking.experiment, name, parent_run_id=parent_run_id,
                    resume=resume)
     try:
         if resume:  # a refused resume: one line before TensorFlow is even imported
@@ -127,8 +127,8 @@ def train_and_record(run, data, recorder, name: str, overrides, choices) -> dict
     model, from_logits, keras = prepare_model(run, total_steps(run.trainer, len(data.x_train)))
     recorder.log_setup(flatten(run.resolved), run_tags(run, data, overrides, choices, keras))
     if recorder.enabled:  # what the run trains, validates and tests on: the UI's Dataset column
-        recorder.log_datasets(dataset_inputs(data, run.dataset["name"]))
-    batch = slice(0, run.trainer["batch_size"])
+        recorder.log_datasets(dataset_inputs(data, run.dataset.name))
+    batch = slice(0, run.trainer.batch_size)
     diag = init_diagnostics(model, data.x_train[batch], data.y_train[batch], from_logits)
     recorder.log_diagnostics(diagnostics_metrics(diag))
     confirm(recorder, run)  # a store that cannot take the run fails here, before any training time is spent
@@ -138,7 +138,7 @@ def train_and_record(run, data, recorder, name: str, overrides, choices) -> dict
         recorder.tag({"resumed_from_step": str(start), "resumable": "false"})
 
     started = time.perf_counter()
-    if run.trainer["log_every"]:  # train metrics come every log_every steps: evaluations add validation only
+    if run.trainer.log_every:  # train metrics come every log_every steps: evaluations add validation only
         def on_eval(step, metrics):
             recorder.log_eval(step, {k: v for k, v in metrics.items() if not k.startswith("train_")})
     else:
@@ -169,13 +169,13 @@ def train_and_record(run, data, recorder, name: str, overrides, choices) -> dict
             shutil.copy(log, folder / "run.log")
         figures = [(run_figures, folder, name, result.history, diag)]
         if predicted is not None:
-            matrix = confusion_counts(data.y_test, predicted, run.dataset["num_classes"])  # small to send
+            matrix = confusion_counts(data.y_test, predicted, run.dataset.num_classes)  # small to send
             figures.append((confusion_matrix, matrix, f"{name}: test set", folder / "confusion_matrix.png"))
         recorder.log_outputs(folder, figures)
         export = {}
-        if predicted is not None and run.tracking["log_model"]:  # runs:/<id>/model, raw images in
+        if predicted is not None and run.tracking.log_model:  # runs:/<id>/model, raw images in
             model_folder, export = save_run_model(model, data, from_logits)
-            recorder.log_model(model_folder, result.steps, run.tracking["register_as"])
+            recorder.log_model(model_folder, result.steps, run.tracking.register_as)
         recorder.flush()
         # what MLflow cost: its own time (in the helper process) and the time the run waited for it
         recorder.log_final(result.steps, {"tracking_seconds": recorder.seconds,
@@ -211,7 +211,7 @@ def resume_request(run, parent_run_id) -> dict | None:
     """What the recorder needs to reopen `run.resume`; ConfigError for a resume that cannot be."""
     if not run.resume:
         return None
-    if not run.tracking["enabled"]:
+    if not run.tracking.enabled:
         raise ConfigError("resume", "needs tracking: the MLflow run to continue")
     root = checkpoint_root(run.trainer, tracking_uri(run.tracking))
     if run.resume != "last" and not latest(root / run.resume):
@@ -261,11 +261,11 @@ def prepare_model(run, total_steps: int):
     from cnnlab.backend import dtype_policy, keras, make_deterministic, set_random_seed
 
     keras.backend.clear_session()  # sweep jobs may share a worker process
-    set_random_seed(run.trainer["seed"])
-    if run.trainer["deterministic"]:
+    set_random_seed(run.trainer.seed)
+    if run.trainer.deterministic:
         make_deterministic()
-    keras.config.set_dtype_policy(dtype_policy(run.trainer["mixed_precision"]))  # global: reset for every job
-    model = build_model(run.arch, run.trainer["seed"])
+    keras.config.set_dtype_policy(dtype_policy(run.trainer.mixed_precision))  # global: reset for every job
+    model = build_model(run.arch, run.trainer.seed)
     verify_model(run.arch, model)
     compile_model(model, run, total_steps)
     return model, run.arch.rows[-1].args.get("activation") != "softmax", keras

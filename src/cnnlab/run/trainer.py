@@ -1,11 +1,13 @@
 """The training budget and loop settings (config group `trainer`).
 
 Example:
-    >>> check_trainer({"steps": 200}, "trainer")["batch_size"]
+    >>> check_trainer({"steps": 200}, "trainer").batch_size
     100
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from cnnlab.errors import ConfigError
 from cnnlab.config.fields import (
@@ -83,11 +85,36 @@ TRAINER_FIELDS = {
 }
 
 
-def check_trainer(cfg, path: str = "trainer") -> dict:
+@dataclass(frozen=True)
+class TrainerConfig:
+    """A checked `trainer` group (the keys of TRAINER_FIELDS, which gives their rules and defaults)."""
+
+    steps: int | None
+    epochs: int | None
+    batch_size: int
+    seed: int
+    deterministic: bool
+    shuffle: bool
+    eval_every: int | None
+    early_stopping: dict | None  # keras.callbacks.EarlyStopping's arguments
+    verbose: str | int
+    log_every: int | None
+    max_loss: float | None
+    jit_compile: str | bool
+    steps_per_execution: int
+    mixed_precision: str | None
+    pipeline: str
+    checkpoint_every: str | int | None
+    checkpoint_dir: str | None
+    keep_best: str | None
+    memory_budget_mb: str | float | None
+
+
+def check_trainer(cfg, path: str = "trainer") -> TrainerConfig:
     t = check_fields(cfg, TRAINER_FIELDS, path)
     if (t["steps"] is None) == (t["epochs"] is None):
         raise ConfigError(
             f"{path}.steps",
             f"set exactly one of steps and epochs (got steps={show(t['steps'])}, epochs={show(t['epochs'])})",
         )
-    return t
+    return TrainerConfig(**t)

@@ -88,14 +88,14 @@ class MlflowSweepCallback(Callback):
             context[CPUS_ENV] = str(cpus)
         # the base config: swept values are applied per job
         tracking = check_tracking(OmegaConf.to_container(config.tracking, resolve=True))
-        if not tracking["enabled"]:
+        if not tracking.enabled:
             attach_job_context(config, context)
             return
         from cnnlab.config.guard import redact_overrides, redact_text
 
         self.keys = keys = swept_keys(config)
         try:
-            self.uri, self.experiment = tracking_uri(tracking), tracking["experiment"]
+            self.uri, self.experiment = tracking_uri(tracking), tracking.experiment
         except ConfigError as e:  # e.g. tracking=server without $MLFLOW_TRACKING_URI: before any job
             from cnnlab.cli import fail
 
@@ -106,7 +106,7 @@ class MlflowSweepCallback(Callback):
         resume = OmegaConf.select(config, "resume")
         # creating the store, experiment and parent here, once, keeps parallel jobs off the schema race
         try:
-            check_reachable_store(config, self.uri, tracking["shared_filesystem"])
+            check_reachable_store(config, self.uri, tracking.shared_filesystem)
             if resume:  # the same sweep again: reopen its parent, skip what FINISHED (cnnlab.sweep.resume)
                 from cnnlab.sweep.resume import PLAN_ENV, reopen_parent
 
