@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +137,7 @@ def record(client, ref, dataset: DatasetConfig, split: str, data: dict, metrics:
         try:
             client.log_inputs(run_id, datasets=[data_input],
                               models=[LoggedModelInput(ref.model_id)] if ref.model_id else None)
-            params = {**flatten({"dataset": dataset}), "split": split, "model_uri": ref.uri}
+            params = {**flatten({"dataset": asdict(dataset)}), "split": split, "model_uri": ref.uri}
             now, d = int(time.time() * 1000), data_input.dataset
             client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
                              metrics=[Metric(k, v, now, 0, model_id=ref.model_id, dataset_name=d.name,
