@@ -81,7 +81,7 @@ cd {REPO}
     --disable-usage-stats > {tmp}/head.log 2>&1 || exit 21
 # the second node joins while the sweeps start (tasks wait for free CPUs)
 {ray} start --address {address} --num-cpus 1 --disable-usage-stats > {tmp}/node.log 2>&1 &
-{sys.executable} tests/kill_child.py {tmp}/killed.db trainer.seed=11 10 150 > {tmp}/killer.log 2>&1 &
+{sys.executable} tests/kill_child.py {tmp}/killed.db trainer.seed=11 10 400 > {tmp}/killer.log 2>&1 &
 {sys.executable} run.py {common} init=he,glorot trainer.seed=1,2 trainer.steps=30 \\
     tracking.uri=sqlite:///{tmp}/four.db hydra.sweep.dir={tmp}/four > {tmp}/four.out 2> {tmp}/four.err &
 FOUR=$!
