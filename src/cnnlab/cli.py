@@ -24,7 +24,6 @@ EXIT_TRACKING = 4  # the record broke mid-run (store failed, helper died, checkp
 
 def fail(message: str, code: int = EXIT_CONFIG):
     from cnnlab.config.guard import redact_text
-
     from cnnlab.run.runlog import say
 
     say(f"error: {redact_text(message)}", error=True)

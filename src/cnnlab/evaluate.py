@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.cli import EXIT_TRACKING, Arguments, fail, run_command
-from cnnlab.data.datasets import SPLITS, DatasetConfig, raw_split
 from cnnlab.data.checks import scale_pixels
+from cnnlab.data.datasets import SPLITS, DatasetConfig, raw_split
 from cnnlab.errors import ConfigError
 from cnnlab.record.logged_model import dataset_input, split_input
 from cnnlab.record.model_ref import check_fits, load_pyfunc, option_dataset, resolve, run_dataset

@@ -21,14 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnnlab.model.builder import Architecture, check_model
+from cnnlab.config.fields import boolean, closest, optional, show, string
 from cnnlab.config.guard import redacted_config, refuse_targets
 from cnnlab.data.datasets import DatasetConfig, check_dataset
 from cnnlab.errors import ConfigError
-from cnnlab.config.fields import boolean, closest, optional, show, string
+from cnnlab.model.builder import Architecture, check_model
 from cnnlab.model.memory import check_memory
-from cnnlab.run.optimizers import OptimizerConfig, check_optimizer
 from cnnlab.record.tracking import TrackingConfig, check_tracking
+from cnnlab.run.optimizers import OptimizerConfig, check_optimizer
 from cnnlab.run.trainer import TrainerConfig, check_trainer
 
 CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.errors import ConfigError, DataError
 from cnnlab.config.fields import number, show
+from cnnlab.errors import ConfigError, DataError
 
 UINT8_RANGE = (0.0, 255.0)
 # float pixels written as x / 255 may land a rounding error outside [0, 1]; that is not a wrong scale

@@ -23,9 +23,19 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnlab.config.fields import (
+    Field,
+    check_fields,
+    choice,
+    non_negative_int,
+    optional,
+    positive_int,
+    shape,
+    show,
+    string,
+)
 from cnnlab.data.checks import check_not_empty, check_raw_split, pixel_range, scale_pixels, source_range
 from cnnlab.errors import ConfigError, DataError
-from cnnlab.config.fields import Field, check_fields, choice, non_negative_int, optional, positive_int, shape, show, string
 
 DATA_DIR_ENV = "CNNLAB_DATA_DIR"
 # name → the image shape its files hold

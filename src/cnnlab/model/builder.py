@@ -22,8 +22,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from cnnlab.errors import ConfigError
 from cnnlab.config.fields import Field, check_fields, optional, shape, show, string
+from cnnlab.errors import ConfigError
 from cnnlab.model.initializers import check_init_group, describe, layer_seed, make_initializer
 from cnnlab.model.layers import LayerKind, layer_kind
 

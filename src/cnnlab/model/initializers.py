@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cnnlab.errors import ConfigError
 from cnnlab.config.fields import (
     Field,
     check_fields,
@@ -32,6 +31,7 @@ from cnnlab.config.fields import (
     positive_number,
     show,
 )
+from cnnlab.errors import ConfigError
 
 
 @dataclass(frozen=True)

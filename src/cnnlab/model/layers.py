@@ -21,13 +21,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from cnnlab.errors import ConfigError
 from cnnlab.config.fields import (
     Field,
-    closest,
     boolean,
     check_fields,
     choice,
+    closest,
     fraction,
     optional,
     positive_int,
@@ -35,6 +34,7 @@ from cnnlab.config.fields import (
     positive_pair,
     show,
 )
+from cnnlab.errors import ConfigError
 from cnnlab.model.initializers import check_init
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "selu", "gelu", "leaky_relu", "swish", "softmax", "linear")

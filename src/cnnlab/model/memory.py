@@ -39,8 +39,8 @@ import math
 import os
 from dataclasses import dataclass
 
-from cnnlab.errors import ConfigError
 from cnnlab.config.fields import positive_number, show
+from cnnlab.errors import ConfigError
 
 BYTES = 4  # float32
 PARAM_COPIES = 4  # weights + gradients + two optimizer slots (Adam's m and v): the most any of our optimizers keeps

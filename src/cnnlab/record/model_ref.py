@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cnnlab.config.fields import closest, show
 from cnnlab.data.datasets import DatasetConfig, check_dataset
 from cnnlab.errors import ConfigError
-from cnnlab.config.fields import closest, show
 from cnnlab.record.store import redact_uri
 
 KEY = "MODEL_URI"

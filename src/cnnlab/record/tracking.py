@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from cnnlab.errors import ConfigError
 from cnnlab.config.fields import Field, boolean, check_fields, optional, string
+from cnnlab.errors import ConfigError
 from cnnlab.record.store import URI_ENV, artifact_location, open_store, redact_uri, resolve_uri
 
 

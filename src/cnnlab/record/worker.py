@@ -98,9 +98,9 @@ def serve(inbox_fd: int, outbox) -> None:
     helper to spooling (`cnnlab.spool`): that call and all later ones go to a local folder,
     and training goes on; every flush reply names the folder.
     """
-    from cnnlab.spool import Spool, spool_root, unreachable
     from cnnlab.record.store import MIDRUN_HTTP, OUTAGE_ENV, OUTAGE_SECONDS
     from cnnlab.record.tracking import Tracker
+    from cnnlab.spool import Spool, spool_root, unreachable
 
     tracker, error, spool = None, None, None
     midrun = {k: v for k, v in MIDRUN_HTTP.items() if k not in os.environ}  # the user's own settings win

@@ -148,8 +148,7 @@ def checkpointer(folder: Path, every: int, chunk: int, steps: int):
     evaluation is written after the evaluation was handed to the recorder (this callback
     comes after `fit.Monitor`), so a resumed run never misses, nor repeats, an evaluation.
     """
-    from cnnlab.backend import keras
-    from cnnlab.backend import iterations
+    from cnnlab.backend import iterations, keras
 
     class Checkpointer(keras.callbacks.Callback):
         """Not `keras.callbacks.BackupAndRestore`, whose Keras 3 version writes its files in place

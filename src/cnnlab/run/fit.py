@@ -17,8 +17,8 @@ import warnings
 from dataclasses import dataclass, field
 
 from cnnlab.backend import iterations, keras
-from cnnlab.errors import Diverged, Interrupted
 from cnnlab.data.pipeline import training_batches, validation_input
+from cnnlab.errors import Diverged, Interrupted
 from cnnlab.run.trainer import TrainerConfig
 
 

@@ -14,9 +14,9 @@ import threading
 from dataclasses import replace
 
 from cnnlab.cli import EXIT_DIVERGED, EXIT_TRACKING, _cause, _interrupt, _redacted_traceback, fail
-from cnnlab.sweep.cluster import JOB_ENV, KEYS_ENV, PARENT_ENV
 from cnnlab.errors import ConfigError
 from cnnlab.run.runlog import say
+from cnnlab.sweep.cluster import JOB_ENV, KEYS_ENV, PARENT_ENV
 
 
 def hydra_context() -> tuple[list[str], dict, bool]:

@@ -12,8 +12,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cnnlab.config.fields import (
+    Field,
+    boolean,
+    check_fields,
+    choice,
+    fraction,
+    positive_number,
+    show,
+    unit_interval_open,
+)
 from cnnlab.errors import ConfigError
-from cnnlab.config.fields import Field, boolean, check_fields, choice, fraction, positive_number, show, unit_interval_open
 
 _LR = {"lr": Field(positive_number), "schedule": Field(choice("constant", "cosine"), "constant")}
 _ADAM = {

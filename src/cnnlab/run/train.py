@@ -16,17 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab.model.builder import build_model, verify_model
-from cnnlab.run.checkpoints import checkpoint_root, latest, remove, restore
 from cnnlab.data.datasets import load_data
 from cnnlab.errors import ConfigError
+from cnnlab.model.builder import build_model, verify_model
 from cnnlab.record.export import save_run_model
 from cnnlab.record.logged_model import dataset_inputs
 from cnnlab.record.plots import confusion_counts, confusion_matrix, run_figures
-from cnnlab.run.runlog import log_path, say
 from cnnlab.record.recorder import NullRecorder, Recorder, TrackingError, run_files, run_tags
 from cnnlab.record.store import check_store, redact_uri
 from cnnlab.record.tracking import flatten, tracking_uri
+from cnnlab.run.checkpoints import checkpoint_root, latest, remove, restore
+from cnnlab.run.runlog import log_path, say
 
 
 def run_name(run, choices: dict | None = None) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cnnlab.errors import ConfigError
 from cnnlab.config.fields import (
     Field,
     boolean,
@@ -23,6 +22,7 @@ from cnnlab.config.fields import (
     show,
     string,
 )
+from cnnlab.errors import ConfigError
 from cnnlab.model.memory import memory_budget
 
 

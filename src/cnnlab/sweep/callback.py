@@ -30,8 +30,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab import helper_env
-from cnnlab.sweep.cluster import KEYS_ENV, PARENT_ENV
 from cnnlab.errors import ConfigError
+from cnnlab.sweep.cluster import KEYS_ENV, PARENT_ENV
 
 METRICS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_loss")
 
@@ -79,7 +79,6 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global ACTIVE
         from cnnlab.record.tracking import Tracker, check_tracking, tracking_uri
-
         from cnnlab.sweep.cluster import CPUS_ENV, attach_job_context, check_reachable_store, cpus_per_job
 
         context = {}  # what every job must know, wherever it runs (cnnlab.sweep.cluster)

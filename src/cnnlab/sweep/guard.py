@@ -26,8 +26,8 @@ def main() -> None:
         return
     from mlflow.tracking import MlflowClient
 
-    from cnnlab.sweep.callback import finish_parent, summarize_children
     from cnnlab.record.tracking import Tracker
+    from cnnlab.sweep.callback import finish_parent, summarize_children
 
     client = MlflowClient(tracking_uri=uri)
     if client.get_run(parent_id).info.status != "RUNNING":

@@ -36,8 +36,8 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab import helper_env
-from cnnlab.sweep.cluster import JOB_ENV, PARENT_ENV
 from cnnlab.errors import Interrupted  # a KeyboardInterrupt: no `except Exception` swallows it
+from cnnlab.sweep.cluster import JOB_ENV, PARENT_ENV
 
 log = logging.getLogger(__name__)
 JOB_TAG = "cnnlab.sweep.job"  # set on a job's child run (train.run_tags) from JOB_ENV
@@ -243,8 +243,8 @@ def job_lost(index: int, overrides: list[str], cause: str, config: DictConfig) -
 
 def record_lost_job(index: int, overrides: list[str], cause: str) -> None:
     """End the job's child run FAILED with `cause`, or create a FAILED child if it has none."""
-    from cnnlab.sweep import callback as sweep
     from cnnlab.record.tracking import Tracker
+    from cnnlab.sweep import callback as sweep
 
     callback = sweep.ACTIVE
     if callback is None or callback.tracker is None:

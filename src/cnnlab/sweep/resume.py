@@ -138,8 +138,8 @@ def reopen_parent(uri: str, experiment: str, resume: str, overrides: list[str], 
 def job_plan(run, overrides: list[str]) -> tuple[dict | None, object]:
     """In a resumed sweep's job: (the stored result, if its child FINISHED; else None) and `run` with
     `resume` set to the child to continue (a KILLED/FAILED one with a checkpoint) or None (a new child)."""
-    from cnnlab.run.checkpoints import checkpoint_root, latest
     from cnnlab.record.tracking import tracking_uri
+    from cnnlab.run.checkpoints import checkpoint_root, latest
 
     path = os.environ.get(PLAN_ENV)
     if not path:
