@@ -29,7 +29,7 @@ from cnnlab.cli import EXIT_TRACKING, Arguments, fail, run_command
 from cnnlab.data.checks import scale_pixels
 from cnnlab.data.datasets import SPLITS, DatasetConfig, raw_split
 from cnnlab.errors import ConfigError
-from cnnlab.record.logged_model import dataset_input, split_input
+from cnnlab.record.logged_model import dataset_input, log_inputs, split_input
 from cnnlab.record.model_ref import check_fits, load_pyfunc, option_dataset, resolve, run_dataset
 from cnnlab.record.plots import confusion_counts, confusion_matrix
 from cnnlab.record.store import artifact_location, open_store, redact_uri, resolve_uri, sqlite_path
@@ -135,8 +135,7 @@ def record(client, ref, dataset: DatasetConfig, split: str, data: dict, metrics:
                 tags[SOURCE_TAG] = ref.run.info.run_id
             run_id = client.create_run(experiment, run_name=f"evaluate-{ref.run_name}", tags=tags).info.run_id
         try:
-            client.log_inputs(run_id, datasets=[data_input],
-                              models=[LoggedModelInput(ref.model_id)] if ref.model_id else None)
+            log_inputs(client, run_id, [data_input], [LoggedModelInput(ref.model_id)] if ref.model_id else None)
             params = {**flatten({"dataset": asdict(dataset)}), "split": split, "model_uri": ref.uri}
             now, d = int(time.time() * 1000), data_input.dataset
             client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()],

@@ -82,7 +82,43 @@ def dataset_input(d: dict):
 
 def log_datasets(client, run_id: str, inputs: list[dict]) -> None:
     """Log `dataset_inputs(...)` on the run."""
-    client.log_inputs(run_id, datasets=[dataset_input(d) for d in inputs])
+    log_inputs(client, run_id, [dataset_input(d) for d in inputs])
+
+
+def log_inputs(client, run_id: str, datasets: list, models: list | None = None, attempts: int = 3) -> None:
+    """`client.log_inputs`, tried again when a parallel run created the same data set row first.
+
+    MLflow's store looks a data set up by (experiment, name, digest) and inserts it when missing,
+    with nothing between the two: parallel sweep jobs on one data set can both insert, and the
+    second fails on the table's unique key. Its transaction is rolled back whole, so the next try
+    finds the row the first one made and only links it to this run.
+    """
+    import time
+
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return client.log_inputs(run_id, datasets=datasets, models=models)
+        except MlflowException as e:
+            if attempt == attempts or not lost_dataset_race(e):
+                raise
+            time.sleep(0.2 * attempt)
+
+
+def lost_dataset_race(error: Exception) -> bool:
+    """Whether `error` is a data set row that another run inserted first (SQLite's or PostgreSQL's words).
+
+    >>> lost_dataset_race(Exception("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+    ...                             "datasets.name, datasets.digest"))
+    True
+    >>> lost_dataset_race(Exception('duplicate key value violates unique constraint "dataset_pk"'))
+    True
+    >>> lost_dataset_race(Exception("(sqlite3.IntegrityError) UNIQUE constraint failed: runs.run_uuid"))
+    False
+    """
+    text = str(error)
+    return "UNIQUE constraint failed: datasets." in text or ("duplicate key" in text and "dataset" in text)
 
 
 def log_model(client, run_id: str, folder: Path, name: str, step: int, register_as: str | None) -> str:

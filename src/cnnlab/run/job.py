@@ -30,6 +30,7 @@ def hydra_context() -> tuple[list[str], dict, bool]:
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
     return list(hc.overrides.task), choices, hc.mode == RunMode.MULTIRUN
 
+
 def run_job(cfg):
     """The body of one Hydra job: validate, then dry-run or train.
 
@@ -50,6 +51,7 @@ def run_job(cfg):
         with env_override({JOB_ENV: str(HydraConfig.get().job.num)}):  # the launcher finds a lost job's run by it
             return _run_job(cfg, overrides, choices, in_sweep)
     return _run_job(cfg, overrides, choices, in_sweep)
+
 
 def _run_job(cfg, overrides: list[str], choices: dict, in_sweep: bool):
     from cnnlab.config.schema import check_config
@@ -85,7 +87,8 @@ def _run_job(cfg, overrides: list[str], choices: dict, in_sweep: bool):
         from cnnlab.config.guard import redact_text
 
         say(redact_text(f"error: {' '.join(overrides)}: {e}"), error=True)
-        record_failed_job(cfg, overrides, str(e))
+        if e.run_id is None:  # no run of this job exists yet (a bad config, a data error): make one
+            record_failed_job(cfg, overrides, str(e))
     except Exception as e:
         if _cause(e, KeyboardInterrupt) is not None:  # cleanup failed while handling Ctrl-C: still Ctrl-C
             raise _cause(e, KeyboardInterrupt) from None
@@ -95,10 +98,12 @@ def _run_job(cfg, overrides: list[str], choices: dict, in_sweep: bool):
         # train() has marked the child run FAILED; the sweep goes on
     return None
 
+
 def sweep_child_name(overrides: list[str]) -> str | None:
     from cnnlab.sweep.callback import child_name
 
     return child_name(overrides, os.environ.get(KEYS_ENV, "").split(","))
+
 
 def record_failed_job(cfg, overrides: list[str], message: str) -> None:
     """A sweep job whose config is invalid still appears in MLflow, as a FAILED child run."""
@@ -120,6 +125,8 @@ def record_failed_job(cfg, overrides: list[str], message: str) -> None:
     tracker = Tracker.start(tracking_uri(tracking), tracking.experiment, name, parent_run_id=parent,
                             tags={"hydra.overrides": " ".join(overrides), "error": redact_text(message)[:5000]})
     tracker.end("FAILED")
+
+
 def dry_run(cfg, run) -> None:
     """Print the resolved config and the shape table, build the Keras model, check that it agrees."""
     from omegaconf import OmegaConf

@@ -102,6 +102,8 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
             confirm(recorder, run)
         final = train_and_record(run, data, recorder, name, overrides, choices)
     except BaseException as e:
+        if isinstance(e, ConfigError):  # e.g. a store that refused a write: this run records the failure
+            e.run_id = recorder.run_id
         if isinstance(e, KeyboardInterrupt) and recorder.run_id and latest(checkpoint_folder(run, recorder)):
             recorder.tag({"resumable": "true"})  # python run.py <same overrides> resume=<run_id>
         recorder.end_anyway("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", e)
