@@ -16,7 +16,7 @@ class ConfigError(ValueError):
         'trainer.batch_size: expected a positive integer, got 0'
     """
 
-    run_id: str | None = None  # the MLflow run it ended as FAILED, when it came after the run existed
+    run_id: str | None = None  # the MLflow run that records this failure, when it came after the run existed
 
     def __init__(self, path: str, message: str):
         self.path = path
