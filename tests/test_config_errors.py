@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import REPO, run_cli
 from omegaconf import OmegaConf
 
-from cnnlab.errors import ConfigError
 from cnnlab.config.fields import show
+from cnnlab.errors import ConfigError
 from cnnlab.model.layers import layer_kind
-from cnnlab.config.schema import check_config
-from conftest import REPO, run_cli
+from cnnlab.schema import check_config
 
 CORPUS = Path(__file__).resolve().parent / "broken_configs"
 SEARCHPATH = f"hydra.searchpath=[file://{CORPUS}]"
@@ -254,6 +254,6 @@ def test_config_only_commands_import_neither_tensorflow_nor_mlflow(tmp_path, cas
     modules = imported_modules(result.stderr)
     assert {"hydra", "omegaconf"} <= modules  # the parse works
     if case == "rejected config":
-        assert {"cnnlab.config.schema", "cnnlab.model.layers"} <= modules  # the check ran
+        assert {"cnnlab.schema", "cnnlab.model.layers"} <= modules  # the check ran
     heavy = sorted(m for m in modules if m.split(".")[0] in {"tensorflow", "mlflow", "keras"})
     assert heavy == []

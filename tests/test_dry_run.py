@@ -5,10 +5,10 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+from conftest import run_cli
 
 from cnnlab.model.builder import build_model, shape_table, verify_model
-from cnnlab.config.schema import check_config
-from conftest import run_cli
+from cnnlab.schema import check_config
 
 
 def line_of(text: str, layer: str) -> str:

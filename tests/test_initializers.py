@@ -6,12 +6,12 @@ import math
 
 import numpy as np
 import pytest
+from conftest import CONF_DIR
 from omegaconf import OmegaConf
 
 from cnnlab.model.builder import build_model, check_model, verify_model
 from cnnlab.model.initializers import ALIASES, SCHEMES, check_init, make_initializer
-from cnnlab.config.schema import check_config
-from conftest import CONF_DIR
+from cnnlab.schema import check_config
 
 HE = {"hidden": {"scheme": "he_normal"}, "output": {"scheme": "glorot_uniform"}, "bias": {"scheme": "zeros"}}
 

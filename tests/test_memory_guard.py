@@ -13,12 +13,12 @@ import sys
 import time
 
 import pytest
+from conftest import REPO, run_cli
+from test_config_errors import imported_modules
 
 from cnnlab.errors import ConfigError
 from cnnlab.model.memory import budget_bytes, estimate, fmt_bytes
-from cnnlab.config.schema import check_config
-from conftest import REPO, run_cli
-from test_config_errors import imported_modules
+from cnnlab.schema import check_config
 
 HUGE = "model.layers.conv1.filters=100000000"
 # ltfn5's outputs per image, from its shape table (input, conv1, conv2, pool1, conv3, conv4, pool2, flatten, logits)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from cnnlab.model.builder import build_model, verify_model
 from cnnlab.errors import ConfigError
-from cnnlab.config.schema import check_config
+from cnnlab.model.builder import build_model, verify_model
 from cnnlab.run.train import train
+from cnnlab.schema import check_config
 
 
 @pytest.mark.parametrize("model", ["ltfn5", "lenet5", "allconv", "tiny"])

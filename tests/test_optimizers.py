@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from conftest import CONF_DIR
 
 from cnnlab.backend import keras
 from cnnlab.run.optimizers import make_optimizer
-from cnnlab.config.schema import check_config
-from conftest import CONF_DIR
+from cnnlab.schema import check_config
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "optimizer").glob("*.yaml"))
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from cnnlab.config.schema import check_config
-from cnnlab.run.train import train
 from conftest import run_cli
+
+from cnnlab.run.train import train
+from cnnlab.schema import check_config
 
 N_TEST = 2000
 REGISTERED = "cnnlab-test-lenet5"
@@ -31,9 +31,8 @@ MNIST = ["model=lenet5", "optimizer=adam", "trainer.steps=60", "trainer.eval_eve
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from hydra import compose, initialize_config_dir
-
     from conftest import CONF_DIR
+    from hydra import compose, initialize_config_dir
 
     folder = tmp_path_factory.mktemp("models")
     uri = f"sqlite:///{folder}/mlflow.db"
@@ -157,8 +156,8 @@ def test_a_spooled_model_uploads_as_the_runs_logged_model(trained, tmp_path, mon
     """A model the helper had to spool (server away) becomes the run's logged model when the spool is replayed."""
     from mlflow.artifacts import download_artifacts
 
-    from cnnlab.spool import Spool, upload
     from cnnlab.record.tracking import Tracker
+    from cnnlab.spool import Spool, upload
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", trained["uri"])  # runs:/ URIs resolve against it
     local = download_artifacts(f"runs:/{trained['result']['run_id']}/model", dst_path=str(tmp_path / "m"))

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, run_cli
 
 MNIST = Path(os.environ["CNNLAB_DATA_DIR"]) / "mnist.npz"
@@ -48,7 +47,7 @@ def logged(tmp_path_factory):
         from hydra import compose, initialize_config_dir
 
         importlib.import_module("cnnlab.backend")  # TensorFlow, while the run trains
-        from cnnlab.config.schema import CONF_DIR, check_config
+        from cnnlab.schema import CONF_DIR, check_config
 
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             dataset = check_config(compose("config", overrides=TRAIN)).dataset  # what the run's params must give

@@ -24,7 +24,7 @@ os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
 @contextlib.contextmanager
 def native_stderr_held_back():
-    """Send fd 2 to a temporary file for the block; replay it to stderr if the block raises."""
+    """Send fd 2 to a temporary file for the block; replay it to stderr if the block fails (not on Ctrl-C)."""
     if os.environ.get("CNNLAB_VERBOSE", "0") not in ("", "0") or not hasattr(os, "dup"):
         yield
         return
@@ -34,6 +34,8 @@ def native_stderr_held_back():
         os.dup2(held.fileno(), 2)
         try:
             yield
+        except KeyboardInterrupt:  # Ctrl-C mid-import: the user asked to stop, not for the libraries' chatter
+            raise
         except BaseException:
             os.dup2(saved, 2)
             held.seek(0)
@@ -45,7 +47,7 @@ def native_stderr_held_back():
             os.close(saved)
 
 
-from cnnlab.sweep.cluster import job_cpus, set_tensorflow_threads, size_thread_pools  # noqa: E402
+from cnnlab.threads import job_cpus, set_tensorflow_threads, size_thread_pools  # noqa: E402
 
 size_thread_pools(job_cpus())  # a sweep job uses its share of the machine's cores, no more
 

@@ -1,1 +1,1 @@
-"""Checking a composed config: value rules, the whole-config schema, the trust guard. Never imports TensorFlow."""
+"""Checking config values: rules (fields), composing (compose), trust and secrets (guard, redact). No TensorFlow."""

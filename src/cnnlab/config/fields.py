@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 from dataclasses import dataclass
@@ -182,3 +183,37 @@ def shape(v: Any, path: str) -> tuple[int, ...]:
     if not isinstance(v, (list, tuple)) or not v or not all(_is_int(x) and x > 0 for x in v):
         raise ConfigError(path, f"expected a list of positive integers such as [28, 28, 1], got {show(v)}")
     return tuple(int(x) for x in v)
+
+
+# --- typed groups: each key declared once, its type, rule and default together ---
+
+
+def rule(check: Check, default: Any = REQUIRED):
+    """A field of a config group's frozen dataclass, with the check its value must pass.
+
+    Example:
+        >>> @dataclass(frozen=True)
+        ... class Demo:
+        ...     units: int = rule(positive_int)
+        ...     use_bias: bool = rule(boolean, True)
+        >>> check_group(Demo, {"units": 10}, "model.layers.logits")
+        Demo(units=10, use_bias=True)
+        >>> check_group(Demo, {"units": 0}, "model.layers.logits")
+        Traceback (most recent call last):
+        ...
+        cnnlab.errors.ConfigError: model.layers.logits.units: expected a positive integer, got 0
+    """
+    if default is REQUIRED:
+        return dataclasses.field(metadata={"check": check})
+    return dataclasses.field(default=default, metadata={"check": check})
+
+
+def rules(cls) -> dict[str, Field]:
+    """The `Field`s of a dataclass declared with `rule`, in declaration order."""
+    return {f.name: Field(f.metadata["check"], REQUIRED if f.default is dataclasses.MISSING else f.default)
+            for f in dataclasses.fields(cls)}
+
+
+def check_group(cls, values: Any, path: str):
+    """Validate a group's mapping against its dataclass's rules; the frozen dataclass, defaults filled in."""
+    return cls(**check_fields(values, rules(cls), path))

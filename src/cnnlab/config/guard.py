@@ -31,8 +31,8 @@ import re
 
 from hydra.experimental.callback import Callback
 
+from cnnlab.config.redact import REDACTED, redact_uri  # noqa: F401 (redact_uri: part of this module's API)
 from cnnlab.errors import ConfigError
-from cnnlab.record.store import REDACTED, redact_uri  # noqa: F401 (redact_uri: part of this module's API)
 
 # modules whose classes Hydra may instantiate: Hydra's own plugins and callbacks, installed
 # Hydra plugins (joblib launcher, Optuna sweeper), cnnlab's callbacks, Optuna's samplers
@@ -116,6 +116,10 @@ def install() -> None:
     (`Hydra.run`/`multirun` do both at once; composing with logging configures logging first),
     so this wraps `ConfigLoaderImpl.load_configuration`, which every composition goes through:
     single runs, `-m` (and each sweep job's config), `--cfg`, `--help` and `hydra.compose`.
+
+    A private Hydra API, the one cnnlab keeps: no public one runs before Hydra instantiates a
+    config's callbacks. Covered by tests/test_cli_safety.py (a config file that names
+    `numpy.savetxt` as a callback is refused before anything runs).
     """
     import functools
 

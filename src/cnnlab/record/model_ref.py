@@ -164,7 +164,7 @@ def option_dataset(name: str) -> DatasetConfig:
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
-    from cnnlab.config.schema import CONF_DIR, to_plain
+    from cnnlab.config.compose import CONF_DIR, to_plain
 
     options = sorted(p[:-5] for p in os.listdir(os.path.join(CONF_DIR, "dataset")) if p.endswith(".yaml"))
     if name not in options:

@@ -18,21 +18,19 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import re
 import sqlite3
-import time
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from cnnlab.config.redact import REDACTED, redact_uri  # noqa: F401 (part of this module's API)
 from cnnlab.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_DB = REPO_ROOT / "mlruns" / "mlflow.db"
 URI_ENV = "MLFLOW_TRACKING_URI"
-REDACTED = "***"
-_URI_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://)[^/\s?#'\"]*@")
 CONNECT_SECONDS = 5  # one attempt to reach a server or database
 ANSWER_SECONDS = 8  # a busy server checking a password (a slow hash by design) answers within this
 LOCK_SECONDS = 120  # another process creating or migrating the same store
@@ -41,15 +39,6 @@ LOCK_SECONDS = 120  # another process creating or migrating the same store
 def resolve_uri(configured: str | None) -> str:
     """`tracking.uri` > $MLFLOW_TRACKING_URI > sqlite:///<repo>/mlruns/mlflow.db."""
     return configured or os.environ.get(URI_ENV) or f"sqlite:///{DEFAULT_DB}"
-
-
-def redact_uri(text: str) -> str:
-    """`text` with the `user:password@` of every URI in it replaced by `***@`, fit to print or log.
-
-    >>> redact_uri("postgresql://u:p@h/db"), redact_uri("sqlite:///mlruns/mlflow.db")
-    ('postgresql://***@h/db', 'sqlite:///mlruns/mlflow.db')
-    """
-    return _URI_USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", text)
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -101,30 +90,22 @@ def _check_sqlite(uri: str, path: Path) -> None:
         raise _refuse(uri, f"{path if path.exists() else path.parent} is not writable")
 
 
+@contextlib.contextmanager
 def _sqlite_lock(uri: str, path: Path):
+    """The store's file lock (`mlflow.db.lock` beside it), held while the schema is created or repaired."""
+    import filelock
+
+    lock = filelock.FileLock(path.with_name(path.name + ".lock"))
     try:
-        handle = open(path.with_name(path.name + ".lock"), "a")
+        lock.acquire(timeout=LOCK_SECONDS)
+    except filelock.Timeout:
+        raise _refuse(uri, f"another process has held {path.name}.lock for {LOCK_SECONDS} s") from None
     except OSError as e:
         raise _refuse(uri, f"cannot write beside it ({e.strerror or e})") from None
-    return _held(handle, uri)
-
-
-@contextlib.contextmanager
-def _held(handle, uri: str):
-    deadline = time.monotonic() + LOCK_SECONDS
-    with handle:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise _refuse(uri, f"another process has held {handle.name} for {LOCK_SECONDS} s") from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _repair_half_migrated(uri: str, path: Path) -> None:
@@ -145,17 +126,12 @@ def _repair_half_migrated(uri: str, path: Path) -> None:
             db.commit()
     except sqlite3.Error as e:
         raise _refuse(uri, f"{path} is not a usable SQLite database ({e})") from None
-    import sqlalchemy
-    from mlflow.store.db.utils import _upgrade_db
-
-    engine = sqlalchemy.create_engine(uri)
-    try:
-        _upgrade_db(engine)
-    except Exception as e:
+    # MLflow's own upgrade, through its public command (a half-migrated store is rare: a process is cheap here)
+    done = subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", uri], capture_output=True, text=True)
+    if done.returncode:
+        why = next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "no reason given")
         raise _refuse(uri, f"{path} was left half-migrated and MLflow could not finish it "
-                           f"({type(e).__name__}); back it up, then run `mlflow db upgrade {uri}`") from None
-    finally:
-        engine.dispose()
+                           f"({why[:200]}); back it up, then run `mlflow db upgrade {uri}`")
 
 
 def _probe_server(uri: str) -> None:
@@ -213,7 +189,7 @@ QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKO
 
 
 # Mid-run (the helper process, after the run exists): each MLflow call retries briefly, and
-# cnnlab.record.worker tries it again every few seconds for up to $CNNLAB_OUTAGE_SECONDS
+# cnnlab.record.recorder tries it again every few seconds for up to $CNNLAB_OUTAGE_SECONDS
 # (a restarted server is caught within seconds, not at MLflow's next exponential backoff step);
 # past that the run's calls go to a local spool (cnnlab.spool). User-set values win.
 MIDRUN_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",

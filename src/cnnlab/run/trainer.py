@@ -19,6 +19,8 @@ from cnnlab.config.fields import (
     optional,
     positive_int,
     positive_number,
+    rule,
+    rules,
     show,
     string,
 )
@@ -56,62 +58,40 @@ def _early_stopping(v, path):
     return check_fields(v, EARLY_STOPPING_FIELDS, path)
 
 
-TRAINER_FIELDS = {
-    "steps": Field(optional(positive_int), 1000),
-    "epochs": Field(optional(positive_int), None),
-    "batch_size": Field(positive_int, 100),
-    "seed": Field(integer, 0),
-    "deterministic": Field(boolean, False),
-    "shuffle": Field(boolean, True),
-    "eval_every": Field(optional(positive_int), 100),
-    "early_stopping": Field(optional(_early_stopping), None),
-    "verbose": Field(_verbose, "auto"),
-    "log_every": Field(optional(positive_int), 10),  # train loss/accuracy every N steps; null: at evaluations only
-    # a loss this large is divergence too: N(0,1) weights at a high lr blow up to ~1e26 and then
-    # their ReLUs die (the loss falls back to log(10)) without ever reaching NaN
-    "max_loss": Field(optional(positive_number), 1e12),
-    # fast paths (Keras compile options and dtype policy)
-    "jit_compile": Field(_jit_compile, "auto"),
-    "steps_per_execution": Field(positive_int, 1),
-    "mixed_precision": Field(optional(choice("auto", "mixed_bfloat16", "mixed_float16")), None),
-    # auto: tensors on TensorFlow (no Python per batch: a third less CPU in fit; benchmarks/RESULTS.md), else pydataset
-    "pipeline": Field(choice("auto", "pydataset", "tensors"), "auto"),
-    # resume (cnnlab.run.checkpoints): auto = at each evaluation; null or 0 = no checkpoints
-    "checkpoint_every": Field(_checkpoint_every, "auto"),
-    "checkpoint_dir": Field(optional(string), None),
-    "keep_best": Field(optional(choice("val_accuracy", "val_loss")), None),  # also upload the best weights
-    # the size guard (cnnlab.model.memory): auto = half of physical memory, a number of MiB, or null (no guard)
-    "memory_budget_mb": Field(memory_budget, "auto"),
-}
-
-
 @dataclass(frozen=True)
 class TrainerConfig:
-    """A checked `trainer` group (the keys of TRAINER_FIELDS, which gives their rules and defaults)."""
+    """A checked `trainer` group: each key's type, rule and default, declared once (`cnnlab.config.fields.rule`)."""
 
-    steps: int | None
-    epochs: int | None
-    batch_size: int
-    seed: int
-    deterministic: bool
-    shuffle: bool
-    eval_every: int | None
-    early_stopping: dict | None  # keras.callbacks.EarlyStopping's arguments
-    verbose: str | int
-    log_every: int | None
-    max_loss: float | None
-    jit_compile: str | bool
-    steps_per_execution: int
-    mixed_precision: str | None
-    pipeline: str
-    checkpoint_every: str | int | None
-    checkpoint_dir: str | None
-    keep_best: str | None
-    memory_budget_mb: str | float | None
+    steps: int | None = rule(optional(positive_int), 1000)
+    epochs: int | None = rule(optional(positive_int), None)
+    batch_size: int = rule(positive_int, 100)
+    seed: int = rule(integer, 0)
+    deterministic: bool = rule(boolean, False)
+    shuffle: bool = rule(boolean, True)
+    eval_every: int | None = rule(optional(positive_int), 100)
+    early_stopping: dict | None = rule(optional(_early_stopping), None)
+    verbose: str | int = rule(_verbose, "auto")
+    # train loss/accuracy every N steps; null: at evaluations only
+    log_every: int | None = rule(optional(positive_int), 10)
+    # a loss this large is divergence too: N(0,1) weights at a high lr blow up to ~1e26 and then
+    # their ReLUs die (the loss falls back to log(10)) without ever reaching NaN
+    max_loss: float | None = rule(optional(positive_number), 1e12)
+    # fast paths (Keras compile options and dtype policy)
+    jit_compile: str | bool = rule(_jit_compile, "auto")
+    steps_per_execution: int = rule(positive_int, 1)
+    mixed_precision: str | None = rule(optional(choice("auto", "mixed_bfloat16", "mixed_float16")), None)
+    # auto: tensors on TensorFlow (no Python per batch: a third less CPU in fit; benchmarks/RESULTS.md), else pydataset
+    pipeline: str = rule(choice("auto", "pydataset", "tensors"), "auto")
+    # resume (cnnlab.run.checkpoints): auto = at each evaluation; null or 0 = no checkpoints
+    checkpoint_every: str | int | None = rule(_checkpoint_every, "auto")
+    checkpoint_dir: str | None = rule(optional(string), None)
+    keep_best: str | None = rule(optional(choice("val_accuracy", "val_loss")), None)  # also upload the best weights
+    # the size guard (cnnlab.model.memory): auto = half of physical memory, a number of MiB, or null (no guard)
+    memory_budget_mb: str | float | None = rule(memory_budget, "auto")
 
 
 def check_trainer(cfg, path: str = "trainer") -> TrainerConfig:
-    t = check_fields(cfg, TRAINER_FIELDS, path)
+    t = check_fields(cfg, rules(TrainerConfig), path)
     if (t["steps"] is None) == (t["epochs"] is None):
         raise ConfigError(
             f"{path}.steps",

@@ -1,4 +1,4 @@
-"""Validate a whole composed config before anything heavy runs.
+"""Validate a whole composed config before anything heavy runs (above the groups whose rules it gathers).
 
 `check_config` resolves interpolations, checks every group with its own
 module's rules and the rules between groups (the model must take the data
@@ -19,8 +19,8 @@ Example (composing the real configs, as the tests do):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
+from cnnlab.config.compose import CONF_DIR, to_plain  # noqa: F401 (CONF_DIR: for this module's example)
 from cnnlab.config.fields import boolean, closest, optional, show, string
 from cnnlab.config.guard import redacted_config, refuse_targets
 from cnnlab.data.datasets import DatasetConfig, check_dataset
@@ -31,7 +31,6 @@ from cnnlab.record.tracking import TrackingConfig, check_tracking
 from cnnlab.run.optimizers import OptimizerConfig, check_optimizer
 from cnnlab.run.trainer import TrainerConfig, check_trainer
 
-CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 GROUPS = ("model", "init", "dataset", "optimizer", "trainer", "tracking")
 TOP_LEVEL = (*GROUPS, "dry_run", "resume")
 
@@ -48,21 +47,6 @@ class RunConfig:
     dry_run: bool
     resolved: dict  # the resolved config as the user wrote it, for logging: oc.env values, URI credentials `***`
     resume: str | None = None  # a run id to continue, or "last" (cnnlab.run.resume)
-
-
-def to_plain(cfg) -> dict:
-    """Resolve interpolations into a plain dict; a broken `${...}` or `???` names its key."""
-    from omegaconf import DictConfig, OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    if not isinstance(cfg, DictConfig):
-        return cfg
-    try:
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", "") or ""
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(key or "config", msg) from None
 
 
 def check_config(cfg) -> RunConfig:
