@@ -60,8 +60,11 @@ def parallel(runs: int, repeats: int) -> None:
     print(f"parallel first runs: {finished}/{total} FINISHED")
 
 
-def killed_helper(steps: int, at_step: int) -> None:
+def killed_run(steps: int, at_step: int) -> None:
+    """A run SIGKILLed mid-training: its run stays RUNNING until the next run opens the store, which ends it KILLED."""
     from mlflow.tracking import MlflowClient
+
+    from cnnlab.record.tracking import Tracker
 
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
@@ -75,16 +78,15 @@ def killed_helper(steps: int, at_step: int) -> None:
                 runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
                 history = client.get_metric_history(runs[0].info.run_id, "val_loss") if runs else []
                 step = max((m.step for m in history), default=0)
-            helper = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "cnnlab.record.worker"],
-                                    capture_output=True, text=True).stdout.split()
-            os.kill(int(helper[0]), signal.SIGKILL)
-            killed = time.monotonic()
-            _, stderr = proc.communicate(timeout=120)
-            seconds = time.monotonic() - killed
+            proc.kill()
+            proc.communicate(timeout=120)
         finally:
             proc.kill()
-        print(f"helper SIGKILLed at step {step} of {steps}: exit {proc.returncode} after {seconds:.1f} s, "
-              f"{len(errors(stderr))} error line(s): {errors(stderr)}; run {statuses(uri)}")
+        before = statuses(uri)
+        started = time.monotonic()
+        Tracker.start(uri, "cnnlab", "next").end("FINISHED")
+        print(f"run SIGKILLed at step {step} of {steps}: run {before}; the next run's start took "
+              f"{time.monotonic() - started:.2f} s and left {statuses(uri)}")
 
 
 def killed_sweep_worker(steps: int = 300, at_step: int = 50) -> None:
@@ -154,12 +156,12 @@ def nan_pixels() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["parallel", "helper", "sweep", "unreachable", "nan"])
+    parser.add_argument("--only", choices=["parallel", "killed", "sweep", "unreachable", "nan"])
     parser.add_argument("--runs", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    cases = {"parallel": lambda: parallel(args.runs, args.repeats), "helper": lambda: killed_helper(2000, 50),
+    cases = {"parallel": lambda: parallel(args.runs, args.repeats), "killed": lambda: killed_run(2000, 50),
              "sweep": killed_sweep_worker, "unreachable": unreachable, "nan": nan_pixels}
     for name, case in cases.items():
         if args.only in (None, name):

@@ -6,8 +6,8 @@
 Wraps cnnlab's own phase functions (data loading, model preparation, init
 diagnostics, MLflow waits, test pass, artifact writing) with timestamps, notes
 when the TensorFlow import begins, then runs `run.py` unchanged in this process.
-Each line shows the wall time, this process's CPU seconds (all its threads) and
-the MLflow helper process's CPU seconds so far; at exit, the CPU seconds of each
+Each line shows the wall time and this process's CPU seconds (all its threads, the
+recorder's MLflow thread `cnnlab-mlflow` among them) so far; at exit, the CPU seconds of each
 thread of this process, grouped by thread name (TensorFlow's pools spin).
 `--handwritten` times the hand-written script's Keras import, `fit` and `evaluate` the same way.
 """
@@ -28,7 +28,6 @@ T0 = time.time()
 REPO = Path(__file__).resolve().parents[1]
 
 
-HELPERS: list[int] = []  # pids of the MLflow helper processes
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -40,23 +39,12 @@ def proc_cpu(stat_path: str) -> tuple[str, float]:
     return name, (int(fields[11]) + int(fields[12])) / TICK
 
 
-def helper_cpu() -> float:
-    total = 0.0
-    for pid in HELPERS:
-        try:
-            total += proc_cpu(f"/proc/{pid}/stat")[1]
-        except (OSError, ValueError):
-            pass  # exited: its CPU shows in RUSAGE_CHILDREN at the end
-    return total
-
-
 def stamp(what: str) -> None:
-    print(f"[{time.time() - T0:6.2f} s wall, {time.process_time():6.2f} s CPU, helper {helper_cpu():5.2f} s CPU] "
-          f"{what}", file=sys.stderr, flush=True)
+    print(f"[{time.time() - T0:6.2f} s wall, {time.process_time():6.2f} s CPU] {what}", file=sys.stderr, flush=True)
 
 
 def per_thread_cpu() -> None:
-    """CPU seconds of this process's threads by name, and of its waited-for children (the helper)."""
+    """CPU seconds of this process's threads by name, and of its waited-for children (git)."""
     import resource
 
     by_name: dict[str, list[float]] = collections.defaultdict(list)
@@ -70,7 +58,7 @@ def per_thread_cpu() -> None:
     print("CPU s by thread (live threads): " + ", ".join(f"{n} x{len(c)} {sum(c):.2f}" for n, c in rows),
           file=sys.stderr)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(f"CPU s of this process {time.process_time():.2f}, of waited-for children (helper, git) "
+    print(f"CPU s of this process {time.process_time():.2f}, of waited-for children (git) "
           f"{children.ru_utime + children.ru_stime:.2f}", file=sys.stderr, flush=True)
 
 
@@ -89,9 +77,10 @@ def timed(owner, name: str) -> None:
 
 
 def watch_imports() -> None:
-    while "tensorflow" not in sys.modules:  # MLflow is imported by the tracking helper process, not here
-        time.sleep(0.01)
-    stamp("import of tensorflow begins")
+    for module in ("mlflow", "tensorflow"):  # MLflow on the recorder's thread, TensorFlow on the main one
+        while module not in sys.modules:
+            time.sleep(0.01)
+        stamp(f"import of {module} begins")
 
 
 def handwritten(args: list[str]) -> None:
@@ -117,13 +106,7 @@ def main() -> None:
     for name in ("train", "load_data", "prepare_model", "evaluate", "run_files", "release_keras_state"):
         timed(train, name)
     timed(recorder.Recorder, "flush")
-    init = recorder.Recorder.__init__
-
-    def remember_helper(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        HELPERS.append(self._proc.pid)
-
-    recorder.Recorder.__init__ = remember_helper
+    timed(recorder.Recorder, "end")
     train_and_record = train.train_and_record
 
     def patched(*args, **kwargs):  # cnnlab.run.fit imports TensorFlow: patch it where train_and_record imports it

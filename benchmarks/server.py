@@ -3,7 +3,7 @@
     python benchmarks/server.py                      # all of it (~10 min on 2 cores)
     python benchmarks/server.py --skip-load          # only the three acceptance checks
 
-Starts a throwaway server with `cnnlab.server.TeamServer` (as `python -m cnnlab.server` does)
+Starts a throwaway server with `tests/team_server.py`'s TeamServer (as `python tests/team_server.py` does)
 and, against it, with real `run.py` processes:
 1. wrong password: exit code, seconds, whether the password shows anywhere in the output;
 2. outage: a 4,000-step `model=tiny` run (`trainer.eval_every=100`) whose server is stopped for
@@ -31,7 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from cnnlab.server import TeamServer  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from team_server import TeamServer  # noqa: E402
 
 TINY = ["model=tiny", "tracking=server", "trainer.verbose=0", "tracking.log_model=false"]
 

@@ -1,6 +1,6 @@
 """A team's MLflow tracking server, throwaway and local: PostgreSQL + `mlflow server` with login.
 
-`python -m cnnlab.server` starts, in a new folder, a PostgreSQL cluster (as the
+`python tests/team_server.py` starts, in a new folder, a PostgreSQL cluster (as the
 `postgres` user when run as root: PostgreSQL refuses root) and an `mlflow server`
 on it with `--app-name basic-auth` (login) and `--artifacts-destination` (the server
 stores artifacts itself, so clients need no storage credentials); both on 127.0.0.1
@@ -10,7 +10,7 @@ The same classes start the server for `tests/test_server.py` and
 `benchmarks/server.py`: one implementation.
 
 Example:
-    $ python -m cnnlab.server                      # Ctrl-C stops it
+    $ python tests/team_server.py                      # Ctrl-C stops it
     MLflow server: http://127.0.0.1:41235 ...
     $ . /tmp/cnnlab-server-x/env.sh && python run.py tracking=server model=tiny
 
@@ -290,7 +290,7 @@ class TeamServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cnnlab.server", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python tests/team_server.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, help="keep the server's files here (a new or empty folder the "
                                                  "postgres user can reach; default: a new temporary folder, "
                                                  "deleted at exit)")

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import CONF_DIR, REPO, run_cli
 from omegaconf import OmegaConf
 
 from cnnlab.config.guard import check_composed, redact_overrides, redact_uri, redacted_config
 from cnnlab.errors import ConfigError
-from conftest import CONF_DIR, REPO, run_cli
 
 TINY = ["model=tiny", "dataset=synthetic", "trainer.verbose=0"]
 SECRET = "s3cr3t-Value-9731"  # what CNNLAB_TEST_SECRET holds
@@ -183,11 +183,18 @@ def test_dry_run_and_hydra_output_files_show_no_credentials(tmp_path):
 
 # --- signals and syntax --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("after", [0.5, 3.0])
-def test_ctrl_c_in_the_first_seconds_is_one_line_and_130(after):
-    """Imports, composition, data loading: wherever the signal lands, one line, exit 130, no traceback."""
-    proc = subprocess.Popen([sys.executable, "run.py", *TINY, "trainer.steps=2000", "tracking=none"], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def sigint_at_default():
+    """A child started from a background shell inherits SIGINT ignored (and rightly keeps it so): a terminal's
+    command starts with the default disposition, which is what these tests need."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("after", [0.5, 3.0, 4.0])
+def test_ctrl_c_in_the_first_seconds_is_one_line_and_130(after, tmp_path):
+    """Imports, composition, data loading, the first steps: wherever the signal lands, one line, exit 130."""
+    proc = subprocess.Popen([sys.executable, "run.py", *TINY, "trainer.steps=3000", f"tracking.uri={store(tmp_path)}"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_at_default)
     try:
         time.sleep(after)
         proc.send_signal(signal.SIGINT)

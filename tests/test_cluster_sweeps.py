@@ -15,13 +15,12 @@ import secrets
 import shutil
 import signal
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, run_cli
 from test_sweep import store_runs
 
@@ -39,6 +38,7 @@ def test_job_context_reaches_each_job_config_and_cpu_shares():
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from cnnlab.sweep.callback import name_jobs_by
     from cnnlab.sweep.cluster import attach_job_context, cpus_per_job, runs_elsewhere
 
     def sweep_config(*overrides):
@@ -54,10 +54,17 @@ def test_job_context_reaches_each_job_config_and_cpu_shares():
         assert (cpus_per_job(slurm), runs_elsewhere(slurm)) == (8, True)
         local = sweep_config("hydra/launcher=cnnlab", "hydra.launcher.n_jobs=2")
         assert cpus_per_job(local) == max(1, (os.cpu_count() or 1) // 2) and not runs_elsewhere(local)
-        attach_job_context(ray, {"CNNLAB_SWEEP_KEYS": "init,optimizer.lr", "CNNLAB_X": "it's a b"})
-        job = GlobalHydra.instance().config_loader().load_sweep_config(ray, ["init=glorot", "optimizer.lr=0.1"])
-    assert dict(job.hydra.job.env_set) == {"CNNLAB_SWEEP_KEYS": "init,optimizer.lr", "CNNLAB_X": "it's a b"}
+        swept = sweep_config("hydra/launcher=ray", "init=he", "optimizer.lr=0.2", "trainer.steps=5")
+        attach_job_context(swept, {"CNNLAB_JOB_CPUS": "1", "CNNLAB_X": "it's a b"})
+        name_jobs_by(swept, ["init", "optimizer.lr"], "abc123")  # (a sweep's callback gets them from swept_keys)
+        assert swept.hydra.overrides.task[-1] == "tracking.parent_run_id=abc123"  # what the sweeper hands each job
+        job = GlobalHydra.instance().config_loader().load_sweep_config(
+            swept, ["init=glorot", "optimizer.lr=0.1", "trainer.steps=5", "tracking.parent_run_id=abc123"])
+    assert dict(job.hydra.job.env_set) == {"CNNLAB_JOB_CPUS": "1", "CNNLAB_X": "it's a b"}
     assert job.init.hidden.scheme == "glorot_uniform" and job.optimizer.lr == 0.1
+    # the job's own config says whose child it is and what its run is called: its swept overrides only
+    assert job.tracking.parent_run_id == "abc123" and job.trainer.steps == 5
+    assert job.hydra.job.override_dirname == "init=glorot,optimizer.lr=0.1"
 
 
 def needs_namespaces():
@@ -121,8 +128,8 @@ def ray_sweeps(tmp_path_factory):
            "RAY_worker_niceness": "0",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     started = time.monotonic()
-    proc = subprocess.Popen(["unshare", "--net", "--pid", "--fork", "--mount-proc", "sh", "-c", namespace_script(tmp, short)],
-                            env=env, start_new_session=True)
+    proc = subprocess.Popen(["unshare", "--net", "--pid", "--fork", "--mount-proc", "sh", "-c",
+                             namespace_script(tmp, short)], env=env, start_new_session=True)
     try:
         code = proc.wait(timeout=300)
     finally:

@@ -20,8 +20,8 @@ EXPECTED = [
 def test_a_run_prints_progress_lines_and_no_start_up_noise(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "CNNLAB_VERBOSE")}
     p = subprocess.run([sys.executable, "run.py", "model=tiny", "dataset=synthetic", "trainer.steps=200",
-                        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"hydra.run.dir={tmp_path}/out"], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=300)
+                        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"hydra.run.dir={tmp_path}/out"], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     lines = (p.stdout + p.stderr).splitlines()  # not a terminal: verbose=auto prints a line per evaluation
     assert len(lines) == len(EXPECTED), "\n".join(lines)

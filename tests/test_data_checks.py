@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from cnnlab.data.datasets import check_dataset, load_data
 from cnnlab.errors import ConfigError, DataError
-from conftest import run_cli
 
 N_TRAIN, N_TEST = 20, 6
 

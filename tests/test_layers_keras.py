@@ -11,12 +11,12 @@ import math
 
 import numpy as np
 import pytest
+from conftest import CONF_DIR
 from omegaconf import OmegaConf
 
-from cnnlab.model.builder import build_model, check_model, verify_model
 from cnnlab.errors import ConfigError
+from cnnlab.model.builder import build_model, check_model, verify_model
 from cnnlab.model.layers import LAYER_KINDS
-from conftest import CONF_DIR
 
 INIT = {"hidden": {"scheme": "he_normal"}, "output": {"scheme": "glorot_uniform"}, "bias": {"scheme": "zeros"}}
 

@@ -14,9 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, run_cli
-
 
 # 1024 synthetic images of batch 100 (11 batches an epoch): 400 steps cross epochs and a shuffle
 OVERRIDES = ["model=tiny", "dataset=synthetic", "trainer.deterministic=true", "trainer.steps=400",
@@ -85,10 +83,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, uninterrupte
     run_id = wait_for_checkpoint(tmp_path, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
-    deadline = time.monotonic() + 60  # the helper process ends the orphaned run as KILLED
-    while client(tmp_path).get_run(run_id).info.status == "RUNNING" and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert client(tmp_path).get_run(run_id).info.status == "KILLED"
+    assert client(tmp_path).get_run(run_id).info.status == "RUNNING"  # nobody could end it: the resume does
     check_resumed(tmp_path, run_id, uninterrupted)
 
 
@@ -111,7 +106,8 @@ def test_resume_refuses_a_different_config_then_resume_last_keeps_the_best(tmp_p
     out = run_cli(*OVERRIDES, store(tmp_path), "optimizer.lr=0.5", f"resume={run_id}")
     assert out.returncode == 2
     (line,) = out.stderr.strip().splitlines()[-1:]
-    assert line.startswith("error: resume:") and "optimizer.lr (0.001 -> 0.5)" in line and "trainer.steps (" not in line, out.stderr
+    assert line.startswith("error: resume:") and "optimizer.lr (0.001 -> 0.5)" in line, out.stderr
+    assert "trainer.steps (" not in line
     assert client(tmp_path).get_run(run_id).info.status == "KILLED"  # untouched
     out = run_cli(*OVERRIDES, store(tmp_path), "resume=0123456789abcdef")
     assert out.returncode == 2 and out.stderr.strip().startswith("error: resume: no checkpoint"), out.stderr

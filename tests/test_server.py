@@ -1,6 +1,6 @@
 """A team's tracking server, for real: PostgreSQL + `mlflow server --app-name basic-auth` on 127.0.0.1.
 
-One server for the whole session (`cnnlab.server.TeamServer`, as `python -m cnnlab.server`
+One server for the whole session (`tests/team_server.py`'s TeamServer, as `python tests/team_server.py`
 starts it): initdb/pg_ctl as the `postgres` user, the MLflow server with login and the
 artifact proxy; both stopped by PID at the end. The slow parts run once: one training run
 that lives through a server restart (it also serves the checks on what a run records) and
@@ -15,9 +15,8 @@ import sys
 import time
 
 import pytest
-
-from cnnlab.server import TeamServer, pg_bindir
 from conftest import REPO, run_cli
+from team_server import TeamServer, pg_bindir
 
 pytestmark = [
     pytest.mark.skipif(pg_bindir() is None, reason="PostgreSQL's binaries (initdb, pg_ctl) are absent "

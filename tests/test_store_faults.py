@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
 import time
 
 import pytest
-
 from conftest import REPO, run_cli
 
 TINY = ["model=tiny", "dataset=synthetic", "dataset.train_size=300", "dataset.val_size=50", "dataset.test_size=50",
@@ -119,29 +117,6 @@ def test_mlflow_tracking_uri_environment_variable_is_used(tmp_path):
     p = run_cli(*TINY, env={"MLFLOW_TRACKING_URI": uri})
     assert p.returncode == 0, p.stderr[-2000:]
     assert [r.info.status for r in all_runs(uri)] == ["FINISHED"]
-
-
-def test_killed_tracking_helper_stops_training_and_fails_the_run(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    proc = start_cli(*LONG, f"tracking.uri={uri}")
-    try:
-        wait_for_training(uri, proc)
-        helper = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "cnnlab.record.worker"],
-                                capture_output=True, text=True).stdout.split()
-        assert len(helper) == 1
-        os.kill(int(helper[0]), signal.SIGKILL)
-        killed = time.monotonic()
-        _, stderr = proc.communicate(timeout=120)
-        seconds = time.monotonic() - killed
-    finally:
-        proc.kill()
-    assert proc.returncode == 4, stderr[-2000:]
-    (line,) = error_lines(stderr)
-    assert "tracking: the MLflow helper process died (killed by SIGKILL)" in line and "training stopped" in line
-    assert "Traceback" not in stderr
-    assert seconds < 60  # ~4 s here alone (benchmarks/faults.py); not the 100,000-step budget
-    (run,) = all_runs(uri)
-    assert run.info.status == "FAILED" and "helper process died" in run.data.tags["error"]
 
 
 @pytest.fixture

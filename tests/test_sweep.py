@@ -6,9 +6,7 @@ import csv
 import io
 
 import pytest
-
 from conftest import run_cli
-
 
 # four jobs: two train (he, glorot), two are an invalid combination (a 99x99 valid kernel on 28x28 images)
 SWEEP = ["-m", "model=tiny", "dataset=synthetic", "dataset.train_size=400", "dataset.val_size=100",

@@ -9,12 +9,11 @@ import sys
 import time
 
 import pytest
-
-from cnnlab.errors import DataError
-from cnnlab.errors import Diverged
-from cnnlab.config.schema import check_config
-from cnnlab.run.train import train
 from conftest import REPO, run_cli
+
+from cnnlab.errors import DataError, Diverged
+from cnnlab.run.train import train
+from cnnlab.schema import check_config
 
 FAST = ["model=tiny", "dataset=synthetic", "optimizer=adam", "optimizer.lr=0.01", "trainer.steps=40",
         "trainer.eval_every=20", "trainer.verbose=0"]
@@ -237,16 +236,27 @@ def test_ctrl_c_ends_run_killed(tmp_path):
 
 
 def test_hard_killed_training_process_leaves_no_running_run(tmp_path):
-    """SIGKILL gives the training process no chance to end its run: the MLflow helper process ends it."""
+    """A run is one process. SIGKILL gives it no chance to end its run: the next command that opens the store
+    does (cnnlab.record.liveness), here the next run, and a run of another, live process is left alone."""
+    from cnnlab.record.tracking import Tracker
+
     uri = store(tmp_path)
     proc = start_long_run(uri)
+    # a run is one process: no helper beside it while it trains (`ps` shows one)
+    assert subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split() == []
+    other = Tracker.start(uri, "cnnlab", "alive")  # this test's own process: alive, so left RUNNING
     proc.kill()
     proc.communicate(timeout=60)
-    deadline, status = time.time() + 60, None
-    while time.time() < deadline and status != "KILLED":
-        time.sleep(0.5)
-        status = runs(uri)[1][0].info.status
-    assert status == "KILLED"
+    (killed,) = [r for r in runs(uri)[1] if r.info.run_name != "alive"]
+    assert killed.info.status == "RUNNING"  # nobody could end it yet
+    assert killed.data.tags["process.pid"] == str(proc.pid) and killed.data.tags["process.started"]
+    Tracker.start(uri, "cnnlab", "next")  # the next run opens the store
+    by_name = {r.info.run_name: r for r in runs(uri)[1]}
+    assert by_name[killed.info.run_name].info.status == "KILLED"
+    assert by_name[killed.info.run_name].data.tags["error"] == \
+        f"its process {proc.pid} on {killed.data.tags['host']} ended without ending the run (killed)"
+    assert by_name["alive"].info.status == "RUNNING" and by_name["next"].info.status == "RUNNING"
+    other.end("FINISHED")
 
 
 def test_tracking_worker_reports_a_failed_call_and_fails_the_run(tmp_path):
@@ -256,7 +266,7 @@ def test_tracking_worker_reports_a_failed_call_and_fails_the_run(tmp_path):
     recorder = Recorder()
     recorder.start(uri, "cnnlab", "broken-metric")
     recorder.log_eval(1, {"val_accuracy": 0.5})
-    recorder.log_eval(2, {"val_accuracy": "not a number"})  # fails in the helper process
+    recorder.log_eval(2, {"val_accuracy": "not a number"})  # fails on the recorder's thread
     recorder.log_eval(3, {"val_accuracy": 0.6})  # skipped: the record is already broken
     with pytest.raises(TrackingError, match="^TypeError: must be real number"):
         recorder.end("FINISHED")

@@ -17,12 +17,6 @@ def sweep_jobs() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def helper_env() -> dict:
-    """The environment for a `python -m cnnlab.<helper>` process: cnnlab importable even when not installed."""
-    src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
-
-
 def ray_object_store(address) -> int | None:
     """`hydra/launcher=ray`'s object store size: hydra-ray-launcher's 75 MB for a Ray started here,
     none for a cluster's address (`ray.init(address=...)` refuses the argument)."""

@@ -52,8 +52,11 @@ class Interrupted(KeyboardInterrupt):
         143
     """
 
+    last: int | None = None  # the signal that last interrupted this process (a sweep then ends its parent KILLED)
+
     def __init__(self, signum: int):
         self.signum = int(signum)
+        Interrupted.last = self.signum
         super().__init__(f"signal {self.signum}")
 
     @property

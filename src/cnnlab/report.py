@@ -160,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     uri = resolve_uri(args.tracking_uri)
     client = MlflowClient(tracking_uri=uri)
     try:
+        from cnnlab.record.tracking import end_dead_runs
+
+        found = client.get_experiment_by_name(args.experiment)
+        if found:  # a sweep or job whose process was killed outright is not shown RUNNING (cnnlab.record.liveness)
+            end_dead_runs(client, [found.experiment_id])
         parent = find_sweep(client, args.experiment, args.sweep)
         out = args.out or (sqlite_path(uri) or DEFAULT_DB).parent / "reports" / parent.info.run_id
         rows = write_report(client, parent, out, args.metric)

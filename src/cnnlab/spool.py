@@ -1,9 +1,9 @@
 """What a run could not send to its MLflow server during a long outage, kept on disk to upload later.
 
-A passing outage costs nothing: the helper process tries a call again every 2 s for up to
+A passing outage costs nothing: the run's recorder thread tries a call again every 2 s for up to
 5 minutes (`$CNNLAB_OUTAGE_SECONDS`, default 300), while training goes on, then sends
-everything it queued meanwhile. When a call still fails for want of the server, the helper
-(`cnnlab.record.worker`) stops calling it and writes that call and every later one
+everything it queued meanwhile. When a call still fails for want of the server, the recorder
+(`cnnlab.record.recorder`) stops calling it and writes that call and every later one
 (metrics, tags, artifacts, the model, the run's end) to a spool folder,
 `mlruns/spool/<run_id>/` (`$CNNLAB_SPOOL_DIR/<run_id>/` if set); training finishes,
 and the run prints one warning line naming the folder. Nothing is dropped:

@@ -1,9 +1,9 @@
 """A run's model and data sets as MLflow 3 records: a LoggedModel at `runs:/<id>/model`, dataset inputs.
 
-Split across the two processes of a run. The training process, which holds the Keras
+Split in two. The training loop's side, which holds the Keras
 model, saves it as an MLflow model folder (`cnnlab.record.export.save`) and describes its data
-splits as plain dicts (`dataset_inputs`: cheap digests, no MLflow import). The helper
-process (`cnnlab.record.worker`, through `Tracker.log_model` / `Tracker.log_datasets`)
+splits as plain dicts (`dataset_inputs`: cheap digests, no MLflow import). The recorder's
+thread (`cnnlab.record.recorder`, through `Tracker.log_model` / `Tracker.log_datasets`)
 turns them into MLflow records with MLflow's own client calls, the same ones
 `mlflow.keras.log_model` makes (`mlflow.models.Model.log`): create the LoggedModel, name
 it as the run's output, link the run's metrics at the model's step, upload the folder,
@@ -47,7 +47,7 @@ def digest(x: np.ndarray, y: np.ndarray) -> str:
 
 
 def split_input(name: str, context: str, x: np.ndarray, y: np.ndarray, source: str, raw_dtype: str) -> dict:
-    """One split as a plain dict for `dataset_input`; `x` as training sees it (scaled, `cnnlab.data.datasets.load_data`).
+    """One split as a plain dict for `dataset_input`; `x` as training sees it (scaled: `cnnlab.data.datasets`).
 
     Training runs (`dataset_inputs`) and evaluations (`cnnlab.evaluate`) both describe a split
     with it, so the same split has the same digest in both.

@@ -1,12 +1,21 @@
-"""Everything a run records, behind one object: `Recorder` (MLflow, via a helper process) or `NullRecorder`.
+"""Everything a run records, behind one object that owns its MLflow run: `Recorder` (or `NullRecorder`).
 
-The methods follow a run's life: `start` (or reopen one: `resume=`), `log_setup` (params and tags),
-`log_datasets`, `log_diagnostics`, `confirm` (the store took the run: before any training
-time is spent), `log_eval` (each evaluation), `check` (each step: has
-tracking failed?), `log_final`, `log_outputs` (files and plots), `log_model`, `end`.
-Each call returns at once; the helper process (`cnnlab.record.worker`)
-runs them in order. A failed call, or a helper that dies, surfaces at the
-next `check` as TrackingError, so training stops within a step.
+The methods follow a run's life: `start` (a new run, or a reopened one: `resume=`), `log_setup` (params
+and tags), `log_datasets`, `log_diagnostics`, `confirm` (the store took the run: before any training time
+is spent), `log_eval` (each evaluation), `check` (each step: has tracking failed?), `log_final`,
+`log_outputs` (files and plots), `log_model`, `end`. The run is created owning this process's tags
+(`cnnlab.record.liveness`), so a process killed outright leaves a run that the next command ends.
+
+Each call returns at once and runs, in order, on one thread of this process. A failed call is kept in
+`error` and skips the calls after it; `check` raises it as TrackingError, so training stops within a step.
+A server that stops answering mid-run is tried again every 2 s for up to $CNNLAB_OUTAGE_SECONDS (MLflow's
+own HTTP retries, `MIDRUN_HTTP`, inside each try); past that, that call and every later one go to a local
+spool (`cnnlab.spool`) and training goes on.
+
+Why not MLflow's async logging (`log_batch(..., synchronous=False)`): it sends batches from a pool of up to
+10 threads (no order between a run's tags), takes only params, tags and metrics (not artifacts, models or
+the run's end), and its futures are reachable only through a private attribute, so a failure is seen only
+by waiting. One ordered thread gives all three.
 
 Example:
     >>> rec = Recorder()                                      # doctest: +SKIP
@@ -17,62 +26,96 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import platform
-import select
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from cnnlab import helper_env
 from cnnlab.record.store import REPO_ROOT
-from cnnlab.record.worker import receive_fd, send
 
-
-def close_seconds() -> float:
-    """How long the helper may take for its last calls: a server outage is waited out (then spooled)."""
-    from cnnlab.record.store import OUTAGE_ENV, OUTAGE_SECONDS
-
-    return float(os.environ.get(OUTAGE_ENV, OUTAGE_SECONDS)) + 60
+RETRY_SECONDS = 2  # between tries of a call whose server is unreachable
 
 
 class TrackingError(RuntimeError):
-    """Tracking failed: a call failed in the helper process, or the helper died. Starts with the cause."""
+    """Tracking failed: an MLflow call failed, or the run could not be created. Starts with the cause."""
+
+
+def describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def patiently(fn, args, seconds: float, unreachable):
+    """`fn(*args)`, tried again every RETRY_SECONDS while the server is unreachable, for up to `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return fn(*args)
+        except Exception as e:
+            if not unreachable(e) or time.monotonic() + RETRY_SECONDS > deadline:
+                raise
+            time.sleep(RETRY_SECONDS)
+
+
+def _warm_up() -> None:
+    """Import MLflow on the recorder's thread while the run loads its data and Keras."""
+    import mlflow.entities  # noqa: F401
+    import mlflow.tracking  # noqa: F401
+
+    # a failed call reaches the user as one line (`check`), not as MLflow's log lines
+    logging.getLogger("mlflow").setLevel(logging.CRITICAL)
 
 
 class Recorder:
-    """The training process's side of a run's MLflow record.
+    """The run's MLflow record, in this process.
 
-    `waited` is how long the caller was held up by tracking, its real cost to the run;
-    `seconds` is the time MLflow itself took in the helper (import included).
+    `waited` is how long the caller was held up by tracking (its real cost to the run);
+    `seconds` is the time MLflow itself took, on the recorder's thread (its import included).
     """
 
     enabled = True
 
     def __init__(self):
-        env = helper_env()
-        self._proc = subprocess.Popen([sys.executable, "-m", "cnnlab.record.worker"], env=env,
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
-        self.waited = self.seconds = 0.0
-        self.started = self.closed = False
-        self.run_id: str | None = None
+        from cnnlab.record.store import OUTAGE_ENV, OUTAGE_SECONDS
+
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="cnnlab-mlflow")
+        self.outage_seconds = float(os.environ.get(OUTAGE_ENV, OUTAGE_SECONDS))
+        self.tracker = self.spool = None
+        self.error: str | None = None  # the first failure: later calls are skipped, the run ends FAILED
+        self.waited, self.warm_up = 0.0, 0.0
+        self.started = self.closed = self.ended = False
         self.uri: str | None = None
-        self.error: str | None = None  # the first failure the helper reported
-        self.spooled: str | None = None  # the folder keeping what the server could not take (cnnlab.spool)
+        self._env_set: list[str] = []  # MIDRUN_HTTP values this recorder set (restored at close)
+        self._submit(self._timed_warm_up, always=True)
+
+    @property
+    def run_id(self) -> str | None:
+        return self.tracker and self.tracker.run_id
+
+    @property
+    def seconds(self) -> float:
+        return self.warm_up + (self.tracker.seconds if self.tracker else 0.0)
+
+    @property
+    def spooled(self) -> str | None:
+        """The folder keeping what the server could not take (`cnnlab.spool`), if any."""
+        return self.spool and str(self.spool.folder)
 
     # --- the run's life, in order -------------------------------------------------------------
     def start(self, uri: str, experiment: str, run_name: str, parent_run_id: str | None = None,
-              resume: dict | None = None) -> None:
+              resume=None, tags: dict | None = None) -> None:
         """Open the store and create the run (a failure surfaces at `confirm` or `check`).
 
-        `resume` ({"run_id": <id or "last">, "params": ..., "checkpoints": <root>}): reopen that
-        run instead (`Tracker.resume`); a config that differs from its params fails at `confirm`.
+        `resume`: a function of an MlflowClient that returns the run to reopen instead
+        (`cnnlab.run.resume.find_run`); a ConfigError it raises surfaces at `confirm`.
         """
         self.started, self.uri = True, uri
-        self._send("start", uri, experiment, run_name, parent_run_id, resume)
+        self._submit(self._start, uri, experiment, run_name, parent_run_id, resume, tags)
 
     def tag(self, tags: dict[str, str]) -> None:
         self._call("set_tags", tags)
@@ -96,15 +139,8 @@ class Recorder:
         self._call("log_metrics", step, metrics)
 
     def check(self) -> None:
-        """Raise TrackingError if the helper died or reported a failed call (cheap: call it every step)."""
+        """Raise TrackingError if a call failed (cheap: call it every step)."""
         if self.error:
-            raise TrackingError(self.error)
-        if self._proc.poll() is not None:
-            self.error = f"the MLflow helper process died ({exit_cause(self._proc.returncode)})"
-            raise TrackingError(self.error)
-        fd = self._proc.stdout.fileno()
-        if select.select([fd], [], [], 0)[0]:
-            self._receive()  # only an error report can arrive unasked
             raise TrackingError(self.error)
 
     def log_final(self, step: int, metrics: dict[str, float], tags: dict[str, str]) -> None:
@@ -112,110 +148,137 @@ class Recorder:
         self._call("set_tags", tags)
 
     def log_outputs(self, folder: Path, figures: list) -> None:
-        """Render `figures` ((fn, *args) into `folder`) in the helper, upload the folder, then delete it."""
+        """Render `figures` ((fn, *args) into `folder`), upload the folder, then delete it."""
         for fn, *args in figures:
-            self._send("run", fn, args, {})
+            self._submit(fn, *args)
         self._call("log_artifacts", str(folder))
-        self._send("run", shutil.rmtree, (folder,), {"ignore_errors": True})
+        self._submit(shutil.rmtree, folder, True, always=True)
 
     def log_model(self, folder: Path, step: int, register_as: str | None) -> None:
         """Upload the MLflow model saved in `folder` as the run's logged model "model", then delete it."""
         self._call("log_model", str(folder), "model", step, register_as)
-        self._send("run", shutil.rmtree, (folder,), {"ignore_errors": True})
+        self._submit(shutil.rmtree, folder, True, always=True)
 
     def end(self, status: str) -> None:
         """Finish what is queued, then end the run with `status` (FAILED if a call failed)."""
         if self.closed:
             return
         try:
-            self.flush()
+            self._wait()
         except KeyboardInterrupt:
             status = "KILLED"
             raise
         finally:
-            self._send("end", status)
-            self._last_reply()
+            self._submit(self._end_run, status, always=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                self._wait()
             self.close()
+        self.check()
 
     def end_anyway(self, status: str, cause: BaseException) -> None:
-        """End a run that is failing (`cause`): through the helper, or from this process if it died."""
+        """End a run that is failing (`cause`); if even that fails, say so in `error` (the run stays RUNNING
+        until the next command ends it as a run whose process is gone)."""
         if self.closed:
             return
         from cnnlab.errors import ConfigError, Diverged
 
         if status == "FAILED" and not isinstance(cause, (Diverged, ConfigError, TrackingError)):
             self._call("set_tags", {"error": f"{type(cause).__name__}: {str(cause)[:4000]}"})  # say why
-        try:
+        with contextlib.suppress(Exception):
             self.end(status)
-        except Exception:
-            pass  # the failure being raised matters more; the helper marks the run FAILED if it can
-        if self.started and self.run_id and self._proc.returncode not in (0, None):
-            reason = self.error or f"{type(cause).__name__}: {str(cause)[:300]}"
-            if not mark_ended(self.uri, self.run_id, status, reason):
-                self.error = f"{reason}; the store could not be told either: run {self.run_id} stays RUNNING"
+        if self.started and self.run_id and not self.ended:
+            self.error = f"{self.error or describe(cause)}; the store could not be told either: " \
+                         f"run {self.run_id} stays RUNNING"
 
     def close(self) -> None:
-        """Stop the helper; a run it started and nobody ended is marked KILLED."""
+        """Let the queued calls finish (an outage is waited out, then spooled), then stop the thread."""
+        if self.closed:
+            return
         self.closed = True
-        if not self.started:
-            self._proc.kill()  # no run to end (e.g. the data failed to load): don't wait for MLflow's import
-        for stream in (self._proc.stdin, self._proc.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
-        try:  # the last calls may be waiting out a server outage (cnnlab.spool)
-            self._proc.wait(timeout=close_seconds())
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
+        self._pool.shutdown(wait=True)
+        for key in self._env_set:
+            os.environ.pop(key, None)
 
-    # --- the channel ------------------------------------------------------------------------------
     def flush(self) -> None:
-        """Wait until everything sent is done; raise TrackingError for the first call that failed."""
+        """Wait until everything queued is done; raise TrackingError for the first call that failed."""
+        self._wait()
+        self.check()
+
+    # --- the recorder's thread ------------------------------------------------------------------
+    def _wait(self) -> None:
         started = time.perf_counter()
         try:
-            self._send("flush")
-            while (reply := self._receive()) is None:
-                pass  # an error report came first: the flush reply follows it
-            error, self.run_id, self.seconds, self.spooled = reply
+            if not self.closed:
+                self._pool.submit(lambda: None).result()
         finally:
             self.waited += time.perf_counter() - started
-        if error:
-            raise TrackingError(error)
 
-    def _last_reply(self) -> None:
-        """The helper's answer to `end`: whether the end, too, had to be spooled. Bounded; any failure ignored."""
-        fd, error = self._proc.stdout.fileno(), self.error
-        try:
-            deadline = time.monotonic() + close_seconds()
-            while select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
-                reply = self._receive()
-                if reply is not None:
-                    self.spooled = reply[3] or self.spooled
-                    return
-        except (TrackingError, OSError, ValueError):
-            self.error = error  # a helper gone after the end is no new failure
-
-    def _receive(self):
-        """The next message: a flush reply (returned), or an error report (kept in `error`; None)."""
-        try:
-            kind, *rest = receive_fd(self._proc.stdout.fileno())
-        except (EOFError, OSError, ValueError):
-            self.error = self.error or f"the MLflow helper process died ({exit_cause(self._proc.wait())})"
-            raise TrackingError(self.error) from None
-        if kind == "error":
-            self.error = self.error or rest[0]
-            return None
-        return rest
+    def _submit(self, fn, *args, always: bool = False) -> None:
+        if not self.closed:
+            self._pool.submit(self._run, fn, args, always)
 
     def _call(self, method: str, *args) -> None:
-        self._send("call", method, args)
+        self._submit(self._tracker_call, method, args)
 
-    def _send(self, *message) -> None:
+    def _run(self, fn, args, always: bool) -> None:
+        if self.error and not always:
+            return  # the record is already broken: training stops on it at its next step
         try:
-            send(self._proc.stdin, message)
-        except (OSError, ValueError):
-            pass  # the helper has died (the next check says so) or was closed
+            fn(*args)
+        except Exception as e:
+            if not always or fn in (self._end_run, self._timed_warm_up):  # (clean-up failures do not count)
+                self.error = self.error or describe(e)
+
+    def _timed_warm_up(self) -> None:
+        started = time.perf_counter()
+        try:
+            _warm_up()
+        finally:
+            self.warm_up = time.perf_counter() - started
+
+    def _start(self, uri, experiment, run_name, parent_run_id, resume, tags) -> None:
+        from cnnlab.record.store import MIDRUN_HTTP
+        from cnnlab.record.tracking import Tracker
+
+        if resume is not None:
+            self.tracker = Tracker.resume(uri, resume)
+        else:
+            self.tracker = Tracker.start(uri, experiment, run_name, tags=tags, parent_run_id=parent_run_id)
+        self._env_set = [k for k in MIDRUN_HTTP if k not in os.environ]  # the user's own settings win
+        os.environ.update({k: MIDRUN_HTTP[k] for k in self._env_set})  # the run exists: outlast outages
+
+    def _tracker_call(self, method: str, args: tuple) -> None:
+        from cnnlab.spool import Spool, spool_root, unreachable
+
+        if self.spool:
+            self.spool.call(method, args)
+            return
+        try:
+            patiently(getattr(self.tracker, method), args, self.outage_seconds, unreachable)
+        except Exception as e:
+            if not unreachable(e):
+                raise
+            # the run exists and its server is gone for minutes: keep this call and the rest on disk
+            self.spool = Spool.create(spool_root(), self.tracker.client.tracking_uri, self.run_id, describe(e))
+            self.spool.call(method, args)
+
+    def _end_run(self, status: str) -> None:
+        from cnnlab.spool import Spool, spool_root, unreachable
+
+        status = "FAILED" if self.error and status == "FINISHED" else status
+        if self.tracker is None:
+            return
+        if not self.spool:
+            try:
+                patiently(self.tracker.end, (status, self.error), self.outage_seconds, unreachable)
+                self.ended = True
+                return
+            except Exception as e:
+                if not unreachable(e):
+                    raise
+                self.spool = Spool.create(spool_root(), self.tracker.client.tracking_uri, self.run_id, describe(e))
+        self.spool.end(status, self.error)
+        self.ended = True
 
 
 class NullRecorder(Recorder):
@@ -224,49 +287,10 @@ class NullRecorder(Recorder):
     enabled = False
 
     def __init__(self):
-        self.waited = self.seconds = 0.0
-        self.run_id = self.uri = self.error = self.spooled = None
-
-    def _send(self, *message) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def check(self) -> None:
-        pass
-
-    def end(self, status: str) -> None:
-        pass
-
-    def end_anyway(self, status: str, cause: BaseException) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def exit_cause(code: int | None) -> str:
-    if code is not None and code < 0:
-        import signal
-
-        return f"killed by {signal.Signals(-code).name}"
-    return f"exit code {code}"
-
-
-def mark_ended(uri: str, run_id: str, status: str, error: str) -> bool:
-    """End a run from this process when its helper cannot; False if the store cannot take it either."""
-    from cnnlab.record.store import quick_http
-    from cnnlab.record.tracking import Tracker
-
-    try:
-        with quick_http():
-            tracker = Tracker.attach(uri, run_id)
-            tracker.set_tags({"error": error})
-            tracker.end(status)
-        return True
-    except Exception:
-        return False
+        self.waited = self.warm_up = 0.0
+        self.tracker = self.spool = self.uri = self.error = None
+        self.started = self.ended = False
+        self.closed = True  # nothing is ever queued
 
 
 # --- what a run's record holds ----------------------------------------------------------------------
@@ -296,19 +320,27 @@ def versions() -> dict[str, str]:
 
 def run_tags(run, data, overrides, choices, keras) -> dict[str, str]:
     from cnnlab.backend import device_name
-    from cnnlab.sweep.cluster import job_cpus, where_tags
+    from cnnlab.threads import job_cpus
 
     return {
         "hydra.overrides": " ".join(overrides) or "(none)", **git_state(), **versions(),
         "keras.backend": keras.backend.backend(), "device": device_name(), "data.source": data.source,
         "dtype_policy": keras.config.dtype_policy().name,
         "model.params": str(run.arch.total_params),
-        "process.pid": str(os.getpid()),  # which sweep worker ran the job (memory is per process)
-        **({"cnnlab.sweep.job": os.environ["CNNLAB_SWEEP_JOB"]} if "CNNLAB_SWEEP_JOB" in os.environ else {}),
-        **({"job.cpus": str(job_cpus())} if job_cpus() else {}),  # the thread pools' size (cnnlab.sweep.cluster)
-        **where_tags(),
+        **({"job.cpus": str(job_cpus())} if job_cpus() else {}),  # the thread pools' size (cnnlab.threads)
+        **ray_tags(),
         **{f"choice.{group}": option for group, option in (choices or {}).items()},
     }
+
+
+def ray_tags() -> dict[str, str]:
+    """On a Ray worker, the node's id (`ray list nodes` names it); `host` and `process.pid` come with the run."""
+    import sys
+
+    ray = sys.modules.get("ray")  # imported only in a process that Ray runs or drives
+    if ray is not None and ray.is_initialized():
+        return {"ray.node_id": ray.get_runtime_context().get_node_id()}
+    return {}
 
 
 def run_files(run) -> Path:

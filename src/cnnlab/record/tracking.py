@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from cnnlab.config.fields import Field, boolean, check_fields, optional, string
+from cnnlab.config.fields import boolean, check_fields, optional, rule, rules, string
 from cnnlab.errors import ConfigError
 from cnnlab.record.store import URI_ENV, artifact_location, open_store, redact_uri, resolve_uri
 
@@ -29,10 +29,10 @@ def registered_name(v, path: str) -> str:
 
     >>> registered_name("mnist-lenet5", "tracking.register_as")
     'mnist-lenet5'
-    >>> registered_name("a/b", "tracking.register_as")
+    >>> registered_name("a/b", "tracking.register_as")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    cnnlab.errors.ConfigError: tracking.register_as: 'a/b' may not contain / : @ or quotes (models:/<name>@<alias> must parse)
+    cnnlab.errors.ConfigError: tracking.register_as: 'a/b' may not contain / : @ or quotes (...)
     """
     v = string(v, path)
     if v != v.strip():
@@ -42,36 +42,26 @@ def registered_name(v, path: str) -> str:
     return v
 
 
-TRACKING_FIELDS = {
-    "enabled": Field(boolean, True),
-    "uri": Field(optional(string), None),
-    "experiment": Field(string, "cnnlab"),
-    "run_name": Field(optional(string), None),
-    "log_model": Field(boolean, True),  # the trained model as an MLflow model at runs:/<id>/model
-    "register_as": Field(optional(registered_name), None),  # also a new version of this registered model
-    "server": Field(boolean, False),  # tracking=server: a team's MLflow server, named by $MLFLOW_TRACKING_URI
-    # a sweep on other machines (Ray with an address, SLURM) may record to a SQLite/file store only if
-    # every node sees the same path (cnnlab.sweep.cluster.check_reachable_store)
-    "shared_filesystem": Field(boolean, False),
-}
-
-
 @dataclass(frozen=True)
 class TrackingConfig:
-    """A checked `tracking` group (the keys of TRACKING_FIELDS, which gives their rules and defaults)."""
+    """A checked `tracking` group: each key's type, rule and default, declared once (`cnnlab.config.fields.rule`)."""
 
-    enabled: bool
-    uri: str | None
-    experiment: str
-    run_name: str | None
-    log_model: bool
-    register_as: str | None
-    server: bool
-    shared_filesystem: bool
+    enabled: bool = rule(boolean, True)
+    uri: str | None = rule(optional(string), None)
+    experiment: str = rule(string, "cnnlab")
+    run_name: str | None = rule(optional(string), None)
+    log_model: bool = rule(boolean, True)  # the trained model as an MLflow model at runs:/<id>/model
+    register_as: str | None = rule(optional(registered_name), None)  # also a new version of this registered model
+    # the run's parent: a sweep's callback sets it for each job (a command-line override); a single run may name one
+    parent_run_id: str | None = rule(optional(string), None)
+    server: bool = rule(boolean, False)  # tracking=server: a team's MLflow server, named by $MLFLOW_TRACKING_URI
+    # a sweep on other machines (Ray with an address, SLURM) may record to a SQLite/file store only if
+    # every node sees the same path (cnnlab.sweep.cluster.check_reachable_store)
+    shared_filesystem: bool = rule(boolean, False)
 
 
 def check_tracking(cfg, path: str = "tracking") -> TrackingConfig:
-    spec = check_fields(cfg, TRACKING_FIELDS, path)
+    spec = check_fields(cfg, rules(TrackingConfig), path)
     if spec["register_as"] and spec["enabled"] and not spec["log_model"]:
         raise ConfigError(f"{path}.register_as", f"{spec['register_as']!r} needs a logged model, "
                                                  f"but {path}.log_model is false")
@@ -129,38 +119,45 @@ class Tracker:
     @classmethod
     def start(cls, uri: str, experiment: str, run_name: str, tags: dict | None = None,
               parent_run_id: str | None = None) -> "Tracker":
+        """Create a run owned by this process (`cnnlab.record.liveness`); first end runs whose process died."""
         started = time.perf_counter()
         from mlflow.tracking import MlflowClient
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-        tags = dict(tags or {})
+        from cnnlab.record.liveness import process_tags
+
+        tags = {**(tags or {}), **process_tags()}
         if parent_run_id:
             tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
         with open_store(uri):  # a usable, whole store, or one line within seconds
             client = MlflowClient(tracking_uri=uri)
             experiment_id = ensure_experiment(client, experiment, artifact_location(uri))
+            end_dead_runs(client, [experiment_id])
             run = client.create_run(experiment_id, run_name=run_name, tags=tags)
         return cls(client, run.info.run_id, time.perf_counter() - started)
 
     @classmethod
-    def resume(cls, uri: str, experiment: str, run_id: str, params: dict, checkpoints: str) -> "Tracker":
-        """Reopen a KILLED/FAILED run (`run_id` or "last", `cnnlab.run.resume.find_run`) as RUNNING.
+    def resume(cls, uri: str, find) -> "Tracker":
+        """Reopen the KILLED/FAILED run that `find(client)` picks (`cnnlab.run.resume.find_run`) as RUNNING.
 
         What it has already recorded is not recorded again: MLflow refuses a param with a new
-        value, and a metric step logged twice would show twice.
+        value, and a metric step logged twice would show twice. This process becomes its owner.
         """
         started = time.perf_counter()
         from mlflow.tracking import MlflowClient
 
-        from cnnlab.run.resume import find_run
+        from cnnlab.record.liveness import process_tags
 
         with open_store(uri):
             client = MlflowClient(tracking_uri=uri)
-            run = find_run(client, experiment, run_id, params, checkpoints)
+            for experiment in client.search_experiments():  # a run whose process was killed outright: KILLED now
+                end_dead_runs(client, [experiment.experiment_id])
+            run = find(client)
             tracker = cls(client, run.info.run_id)
             tracker.logged = {("param", k) for k in run.data.params}
             for key in run.data.metrics:
                 tracker.logged |= {(key, m.step) for m in client.get_metric_history(run.info.run_id, key)}
+            tracker.set_tags(process_tags())
             client.update_run(run.info.run_id, status="RUNNING")
         tracker.seconds = time.perf_counter() - started
         return tracker
@@ -209,7 +206,7 @@ class Tracker:
                 raise
 
     def log_model(self, folder, name: str = "model", step: int = 0, register_as: str | None = None) -> None:
-        """Upload the MLflow model saved in `folder` as this run's logged model `name` (`cnnlab.record.logged_model`)."""
+        """Upload the MLflow model saved in `folder` as this run's logged model `name` (`record.logged_model`)."""
         from cnnlab.record.logged_model import log_model
 
         with self._clock():
@@ -236,7 +233,10 @@ class Tracker:
             if source.is_file() and copy.is_file() and copy.stat().st_size != source.stat().st_size:
                 copy.unlink()
 
-    def end(self, status: str) -> None:
+    def end(self, status: str, error: str | None = None) -> None:
+        """The one place a run's final status is written (`error`: why it FAILED or was KILLED)."""
+        if error:
+            self.set_tags({"error": error[:5000]})
         self.client.set_terminated(self.run_id, status)
 
 
@@ -254,3 +254,46 @@ def ensure_experiment(client, name: str, location: str | None) -> str:
         if found:
             return found.experiment_id
         raise
+
+
+def child_runs(client, parent_id: str) -> list:
+    """The runs under a sweep's parent run, oldest first: the one query for a sweep's jobs."""
+    parent = client.get_run(parent_id)
+    return client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+                              order_by=["attributes.start_time ASC"], max_results=10000)
+
+
+def job_key(overrides) -> str:
+    """A sweep job's identity across attempts: its overrides (a list, or the `hydra.overrides` tag), sorted,
+    without `resume`. Every child run has the tag from its creation on.
+
+    >>> job_key(["trainer.seed=2", "resume=last", "init=he"])
+    'init=he trainer.seed=2'
+    """
+    if isinstance(overrides, str):
+        overrides = overrides.split(" ")
+    return " ".join(sorted(o for o in overrides if o and o.split("=", 1)[0].lstrip("+~") != "resume"))
+
+
+def job_runs(client, parent_id: str, overrides) -> list:
+    """The child runs of the sweep job with these overrides, newest last."""
+    key = job_key(overrides)
+    return [r for r in child_runs(client, parent_id) if job_key(r.data.tags.get("hydra.overrides", "")) == key]
+
+
+def end_dead_runs(client, experiment_ids: list[str], parent_run_id: str | None = None) -> list[str]:
+    """End KILLED every RUNNING run (of a sweep's parent, if given) whose process on this host is gone; their ids."""
+    from cnnlab.record.liveness import HOST, PID, owner_alive
+
+    where = "attributes.status = 'RUNNING'"
+    if parent_run_id:
+        where += f" and tags.mlflow.parentRunId = '{parent_run_id}'"
+    ended = []
+    for run in client.search_runs(experiment_ids, filter_string=where, max_results=1000):
+        tags = run.data.tags
+        if owner_alive(tags):
+            continue
+        why = tags.get("error") or f"its process {tags[PID]} on {tags[HOST]} ended without ending the run (killed)"
+        Tracker(client, run.info.run_id).end("KILLED", why)
+        ended.append(run.info.run_id)
+    return ended

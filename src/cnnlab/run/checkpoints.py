@@ -151,11 +151,14 @@ def checkpointer(folder: Path, every: int, chunk: int, steps: int):
     from cnnlab.backend import iterations, keras
 
     class Checkpointer(keras.callbacks.Callback):
-        """Not `keras.callbacks.BackupAndRestore`, whose Keras 3 version writes its files in place
-        (a kill mid-save leaves weights and epoch that disagree), restores whole epochs only (the
-        batch position is dropped), restores inside `fit`, after the input stream is built (ours
-        must start at the checkpoint's batch), and deletes its backup at the end of every `fit`,
-        also one stopped by a signal. The saving itself is Keras's (`save_weights`).
+        """Keras's own saving (`save_weights`: weights and optimizer state), not `keras.callbacks.BackupAndRestore`.
+
+        The gap, re-read in Keras 3.15.1: BackupAndRestore writes its files in place (a kill mid-save
+        leaves weights and metadata that disagree; `double_checkpoint` keeps a copy of the previous
+        pair but still overwrites in place), records the batch but restores only `_initial_epoch`
+        (the batch position is dropped: a step budget resumes at the chunk's start), restores in
+        `on_train_begin`, after the input stream was built (ours must start at the checkpoint's batch),
+        and by default deletes its backup at the end of every `fit`, also one stopped by a signal.
         """
 
         def __init__(self):

@@ -35,7 +35,14 @@ class Monitor(keras.callbacks.Callback):
         self.interrupted: int | None = None  # the signal that asked training to stop
         self.failed: Exception | None = None  # tracking broke: the run's record cannot be completed
 
+    def on_train_begin(self, logs=None):
+        if self.interrupted:  # a signal that came while fit was starting: fit has just reset stop_training
+            self.model.stop_training = True
+
     def on_train_batch_end(self, batch, logs=None):
+        if self.interrupted:
+            self.model.stop_training = True
+            return
         if self.check:
             try:
                 self.check()

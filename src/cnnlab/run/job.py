@@ -7,7 +7,6 @@ sweep, each job prints a line as it starts and as it ends, and a failed job is r
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
@@ -16,19 +15,22 @@ from dataclasses import replace
 from cnnlab.cli import EXIT_DIVERGED, EXIT_TRACKING, _cause, _interrupt, _redacted_traceback, fail
 from cnnlab.errors import ConfigError
 from cnnlab.run.runlog import say
-from cnnlab.sweep.cluster import JOB_ENV, KEYS_ENV, PARENT_ENV
 
 
-def hydra_context() -> tuple[list[str], dict, bool]:
-    """The job's overrides, its group choices, and whether it is one job of a multirun."""
+def hydra_context() -> tuple[list[str], dict, bool, str | None]:
+    """The job's overrides, its group choices, whether it is one job of a multirun, and its name there
+    (its swept overrides: Hydra's `override_dirname`, which the sweep's callback restricts to them)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if not HydraConfig.initialized():
-        return [], {}, False
+        return [], {}, False, None
     hc = HydraConfig.get()
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
-    return list(hc.overrides.task), choices, hc.mode == RunMode.MULTIRUN
+    # a sweep's callback adds tracking.parent_run_id to every job: not one of the job's own overrides
+    overrides = [o for o in hc.overrides.task if not o.startswith("tracking.parent_run_id=")]
+    multirun = hc.mode == RunMode.MULTIRUN
+    return overrides, choices, multirun, (hc.job.override_dirname or None) if multirun else None
 
 
 def run_job(cfg):
@@ -40,21 +42,15 @@ def run_job(cfg):
     A single run ends a failure with one line and a non-zero exit. In a sweep the
     job's failure is recorded (a FAILED child run) and the sweep goes on.
     """
-    from cnnlab.config.guard import redact_overrides
+    from cnnlab.config.guard import redact_overrides, redact_text
 
-    overrides, choices, in_sweep = hydra_context()
+    overrides, choices, in_sweep, name = hydra_context()
     overrides = redact_overrides(overrides)  # they are recorded (tags, run names) and printed
-    if in_sweep and JOB_ENV not in os.environ:  # (the cnnlab launcher's workers set it themselves)
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.core.utils import env_override
-
-        with env_override({JOB_ENV: str(HydraConfig.get().job.num)}):  # the launcher finds a lost job's run by it
-            return _run_job(cfg, overrides, choices, in_sweep)
-    return _run_job(cfg, overrides, choices, in_sweep)
+    return _run_job(cfg, overrides, choices, in_sweep, name and redact_text(name))
 
 
-def _run_job(cfg, overrides: list[str], choices: dict, in_sweep: bool):
-    from cnnlab.config.schema import check_config
+def _run_job(cfg, overrides: list[str], choices: dict, in_sweep: bool, name: str | None):
+    from cnnlab.schema import check_config
 
     try:
         run = check_config(cfg)
@@ -66,14 +62,12 @@ def _run_job(cfg, overrides: list[str], choices: dict, in_sweep: bool):
 
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _interrupt)  # a killed job ends its MLflow run as KILLED
-        name = sweep_child_name(overrides) if in_sweep else None
         if in_sweep:  # parallel jobs share the console: a line as each starts and ends, no progress between
             if run.trainer.verbose == "auto":
                 run.trainer = replace(run.trainer, verbose=0)
             say(f"{name or 'job'}: started")
         try:
-            return train(run, overrides, choices, parent_run_id=os.environ.get(PARENT_ENV) if in_sweep else None,
-                         name=name, release=in_sweep)["val_accuracy"]
+            return train(run, overrides, choices, name=name, release=in_sweep)["val_accuracy"]
         except (Diverged, TrackingError, CheckpointError) as e:
             message = str(e) if isinstance(e, Diverged) else \
                 f"{'checkpoint' if isinstance(e, CheckpointError) else 'tracking'}: {e}"
@@ -88,7 +82,7 @@ def _run_job(cfg, overrides: list[str], choices: dict, in_sweep: bool):
 
         say(redact_text(f"error: {' '.join(overrides)}: {e}"), error=True)
         if e.run_id is None:  # no run of this job exists yet (a bad config, a data error): make one
-            record_failed_job(cfg, overrides, str(e))
+            record_failed_job(cfg, overrides, name, str(e))
     except Exception as e:
         if _cause(e, KeyboardInterrupt) is not None:  # cleanup failed while handling Ctrl-C: still Ctrl-C
             raise _cause(e, KeyboardInterrupt) from None
@@ -99,17 +93,8 @@ def _run_job(cfg, overrides: list[str], choices: dict, in_sweep: bool):
     return None
 
 
-def sweep_child_name(overrides: list[str]) -> str | None:
-    from cnnlab.sweep.callback import child_name
-
-    return child_name(overrides, os.environ.get(KEYS_ENV, "").split(","))
-
-
-def record_failed_job(cfg, overrides: list[str], message: str) -> None:
+def record_failed_job(cfg, overrides: list[str], name: str | None, message: str) -> None:
     """A sweep job whose config is invalid still appears in MLflow, as a FAILED child run."""
-    parent = os.environ.get(PARENT_ENV)
-    if not parent:
-        return
     from omegaconf import OmegaConf
 
     from cnnlab.config.guard import redact_text
@@ -119,12 +104,11 @@ def record_failed_job(cfg, overrides: list[str], message: str) -> None:
         tracking = check_tracking(OmegaConf.to_container(cfg.tracking, resolve=True))
     except Exception:
         return  # the tracking config itself is broken: nowhere to record it
-    if not tracking.enabled:
+    if not tracking.enabled or not tracking.parent_run_id:
         return
-    name = sweep_child_name(overrides) or "invalid config"
-    tracker = Tracker.start(tracking_uri(tracking), tracking.experiment, name, parent_run_id=parent,
-                            tags={"hydra.overrides": " ".join(overrides), "error": redact_text(message)[:5000]})
-    tracker.end("FAILED")
+    tracker = Tracker.start(tracking_uri(tracking), tracking.experiment, name or "invalid config",
+                            parent_run_id=tracking.parent_run_id, tags={"hydra.overrides": " ".join(overrides)})
+    tracker.end("FAILED", redact_text(message))
 
 
 def dry_run(cfg, run) -> None:

@@ -3,7 +3,7 @@
 The run's logged params are its config (`tracking.flatten`). A resume must match
 them except for keys that do not change what is trained: `IGNORED` (and any
 `tracking.*`), and the budget (`trainer.steps`, `trainer.epochs`), which may grow.
-MLflow is used only in the tracking helper process (`Tracker.resume`).
+`find_run` is handed to the recorder, which calls it with its MLflow client (`Tracker.resume`).
 
 Example:
     >>> differences({"optimizer.lr": "0.01", "trainer.steps": "300"},
@@ -17,8 +17,8 @@ from pathlib import Path
 
 from cnnlab.errors import ConfigError
 
-IGNORED = {"resume", "dry_run", "trainer.verbose", "trainer.log_every", "trainer.checkpoint_every", "trainer.checkpoint_dir",
-           "trainer.keep_best"}
+IGNORED = {"resume", "dry_run", "trainer.verbose", "trainer.log_every", "trainer.checkpoint_every",
+           "trainer.checkpoint_dir", "trainer.keep_best"}
 BUDGET = ("trainer.steps", "trainer.epochs")  # may grow, not shrink
 RESUMABLE = ("KILLED", "FAILED")
 
@@ -76,3 +76,27 @@ def find_run(client, experiment: str, run_id: str, params: dict, checkpoints: st
             return run
     raise ConfigError("resume", f"last: no KILLED or FAILED run of experiment {experiment!r} with this config "
                                 f"has a checkpoint in {checkpoints}")
+
+
+def sweep_job_plan(run, parent_run_id: str, overrides: list[str]) -> tuple[dict | None, object]:
+    """In a job of a resumed sweep: (its stored result, if its newest child FINISHED; else None) and `run` with
+    `resume` set to the child to continue (a KILLED/FAILED one with a checkpoint) or None (a new child)."""
+    import dataclasses
+
+    from mlflow.tracking import MlflowClient
+
+    from cnnlab.record.store import open_store
+    from cnnlab.record.tracking import job_runs, tracking_uri
+    from cnnlab.run.checkpoints import checkpoint_root, latest
+
+    uri = tracking_uri(run.tracking)
+    with open_store(uri):
+        found = job_runs(MlflowClient(tracking_uri=uri), parent_run_id, overrides)
+    child = found[-1] if found else None
+    if child and child.info.status == "FINISHED":
+        return {"val_accuracy": child.data.metrics.get("val_accuracy"), "run_id": child.info.run_id,
+                "skipped": True}, run
+    root = checkpoint_root(run.trainer, uri)
+    again = child.info.run_id if child and child.info.status in RESUMABLE and latest(root / child.info.run_id) \
+        else None
+    return None, dataclasses.replace(run, resume=again)

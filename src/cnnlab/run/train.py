@@ -1,7 +1,7 @@
 """`train(run)`: one run end to end — data, model, fit, test, MLflow. Testable without Hydra.
 
 Example:
-    >>> from cnnlab.config.schema import check_config
+    >>> from cnnlab.schema import check_config
     >>> run = check_config(cfg)                      # doctest: +SKIP
     >>> train(run)["test_accuracy"]                  # doctest: +SKIP
     0.93
@@ -78,16 +78,17 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
     """
     if run.tracking.enabled:
         check_store(tracking_uri(run.tracking))  # an unusable store: one line now, not after the imports
-    if parent_run_id and run.resume:  # a resumed sweep: this job's earlier child decides (cnnlab.sweep.resume)
-        from cnnlab.sweep.resume import job_plan
+    parent_run_id = parent_run_id or run.tracking.parent_run_id
+    if parent_run_id and run.resume:  # a resumed sweep: this job's earlier child decides (cnnlab.run.resume)
+        from cnnlab.run.resume import sweep_job_plan
 
-        done, run = job_plan(run, overrides)
+        done, run = sweep_job_plan(run, parent_run_id, overrides)
         if done is not None:
             say(f"{name or run_name(run, choices)}: FINISHED before the resume, not re-run "
                   f"(val_accuracy={done['val_accuracy']}), MLflow run {done['run_id']}")
             return done
-    resume = resume_request(run, parent_run_id)
-    # MLflow runs in a helper process, which starts importing it now, beside the data loading
+    resume = resume_request(run)
+    # the MLflow import starts now on the recorder's thread, beside the data loading
     recorder = Recorder() if run.tracking.enabled else NullRecorder()
     try:
         data = load_data(run.dataset)  # a data error must come before any MLflow run exists
@@ -96,7 +97,7 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
         raise
     name = run.tracking.run_name or name or run_name(run, choices)
     recorder.start(tracking_uri(run.tracking), run.tracking.experiment, name, parent_run_id=parent_run_id,
-                   resume=resume)
+                   resume=resume, tags={"hydra.overrides": " ".join(overrides) or "(none)"})
     try:
         if resume:  # a refused resume: one line before TensorFlow is even imported
             confirm(recorder, run)
@@ -209,8 +210,9 @@ def checkpoint_folder(run, recorder) -> Path | None:
     return checkpoint_root(run.trainer, tracking_uri(run.tracking)) / recorder.run_id
 
 
-def resume_request(run, parent_run_id) -> dict | None:
-    """What the recorder needs to reopen `run.resume`; ConfigError for a resume that cannot be."""
+def resume_request(run):
+    """The function that finds the run to reopen (`run.resume`), for the recorder; ConfigError for a resume that
+    cannot be."""
     if not run.resume:
         return None
     if not run.tracking.enabled:
@@ -218,7 +220,12 @@ def resume_request(run, parent_run_id) -> dict | None:
     root = checkpoint_root(run.trainer, tracking_uri(run.tracking))
     if run.resume != "last" and not latest(root / run.resume):
         raise ConfigError("resume", f"no checkpoint of run {run.resume} in {root} (finished, or never checkpointed)")
-    return {"run_id": run.resume, "params": flatten(run.resolved), "checkpoints": str(root)}
+    from functools import partial
+
+    from cnnlab.run.resume import find_run
+
+    return partial(find_run, experiment=run.tracking.experiment, run_id=run.resume, params=flatten(run.resolved),
+                   checkpoints=str(root))
 
 
 def store_error(e: TrackingError, uri: str) -> ConfigError:

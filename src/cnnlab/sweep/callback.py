@@ -7,10 +7,16 @@ experiment and a parent run; each job becomes a child run
 the parent gets a table (CSV, Markdown) of every child's overrides, status
 and final metrics, and a plot of their validation-accuracy curves.
 
-Jobs learn the parent, the swept keys and their CPU share from `hydra.job.env_set`
-overrides added here to the sweep's config (`cnnlab.sweep.cluster.attach_job_context`): each
-launcher composes its jobs from that config, so the context reaches jobs on other
-processes and machines (Ray, SLURM) as well as the launcher's own workers.
+Jobs learn what they need from their own config, whichever launcher composes it, in whatever
+process or machine: the callback adds `tracking.parent_run_id=<id>` to the sweep's task overrides
+(every job's config gets it), names each job's run by Hydra's own `hydra.job.override_dirname`
+with the keys the sweep does not vary excluded, and gives each job its CPU share in
+`hydra.job.env_set` (`cnnlab.sweep.cluster.attach_job_context`).
+
+The parent's final status is written here only (`finish`): FINISHED at the sweep's end, KILLED if
+the sweep stopped on Ctrl-C or SIGTERM, FAILED if it stopped on an error of its own. A launcher
+killed outright (SIGKILL) cannot: its parent is ended KILLED by the next command that opens the
+store (`cnnlab.record.liveness`).
 """
 
 from __future__ import annotations
@@ -19,7 +25,6 @@ import atexit
 import csv
 import io
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,13 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from cnnlab import helper_env
-from cnnlab.errors import ConfigError
-from cnnlab.sweep.cluster import KEYS_ENV, PARENT_ENV
+from cnnlab.errors import ConfigError, Interrupted
 
 METRICS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_loss")
+PARENT_KEY = "tracking.parent_run_id"
 
 
 def swept_keys(config: DictConfig) -> list[str]:
@@ -46,96 +50,90 @@ def swept_keys(config: DictConfig) -> list[str]:
     return keys + [k for k in params if k not in keys]
 
 
-def child_name(overrides: list[str], keys: list[str]) -> str | None:
-    """'init=he,optimizer.lr=0.01' from a job's overrides, keeping only the swept keys.
+def unswept_keys(config: DictConfig, swept: list[str]) -> list[str]:
+    """The task override keys the sweep does not vary (left out of the jobs' run names), and the callback's own."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    >>> child_name(["+model.layers.conv1.dilation_rate=2", "trainer.steps=5", "init=he"],
-    ...            ["+model.layers.conv1.dilation_rate", "init"])
-    '+model.layers.conv1.dilation_rate=2,init=he'
-    """
-    swept = {k.lstrip("+~") for k in keys}  # Hydra keeps a key's `+` in some places and not in others
-    picked = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in swept]
-    return ",".join(picked) or None
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    bare = {k.lstrip("+~") for k in swept}
+    return sorted({o.key_or_group for o in parsed if o.key_or_group not in bare} | {PARENT_KEY, "resume"})
+
+
+def name_jobs_by(config: DictConfig, swept: list[str], parent_run_id: str | None) -> None:
+    """Every job of this sweep gets `tracking.parent_run_id` in its config and a `hydra.job.override_dirname`
+    of its swept overrides only (its run's name)."""
+    exclude = ",".join(f"'{k}'" for k in unswept_keys(config, swept))
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.overrides.hydra.append(f"hydra.job.config.override_dirname.exclude_keys=[{exclude}]")
+        if parent_run_id:
+            config.hydra.overrides.task.append(f"{PARENT_KEY}={parent_run_id}")
 
 
 class MlflowSweepCallback(Callback):
-    """Hydra callback (see conf/config.yaml `hydra.callbacks`): the parent run of a multirun.
-
-    The parent always ends in a final state: FINISHED at the sweep's end, KILLED when the
-    launcher is interrupted (`finish("KILLED")`), FAILED if the process exits without either
-    (e.g. a launcher error), and KILLED by a guard process (`cnnlab.sweep.guard`) if the
-    launcher itself is killed.
-    """
+    """Hydra callback (see conf/config.yaml `hydra.callbacks`): the parent run of a multirun."""
 
     def __init__(self) -> None:
         self.tracker = None
-        self.guard = None
-        self.keys: list[str] = []
-        self.uri = self.experiment = None
-
-    def __getstate__(self) -> dict:  # a launcher's workers get a copy: the parent run is not theirs
-        return {"tracker": None, "guard": None, "keys": self.keys, "uri": self.uri, "experiment": self.experiment}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global ACTIVE
         from cnnlab.record.tracking import Tracker, check_tracking, tracking_uri
-        from cnnlab.sweep.cluster import CPUS_ENV, attach_job_context, check_reachable_store, cpus_per_job
+        from cnnlab.sweep.cluster import attach_job_context, check_reachable_store, cpus_per_job
+        from cnnlab.threads import CPUS_ENV
 
-        context = {}  # what every job must know, wherever it runs (cnnlab.sweep.cluster)
-        cpus = os.environ.get(CPUS_ENV) or cpus_per_job(config)  # set here: the user's share (0: TF's own)
+        cpus = os.environ.get(CPUS_ENV) or cpus_per_job(config)  # set here: the user's share (0: the backends' own)
         if cpus is not None:
-            context[CPUS_ENV] = str(cpus)
+            attach_job_context(config, {CPUS_ENV: str(cpus)})
+        keys = swept_keys(config)
         # the base config: swept values are applied per job
         tracking = check_tracking(OmegaConf.to_container(config.tracking, resolve=True))
         if not tracking.enabled:
-            attach_job_context(config, context)
+            name_jobs_by(config, keys, None)
             return
+        from cnnlab.cli import fail
         from cnnlab.config.guard import redact_overrides, redact_text
 
-        self.keys = keys = swept_keys(config)
         try:
-            self.uri, self.experiment = tracking_uri(tracking), tracking.experiment
+            uri, experiment = tracking_uri(tracking), tracking.experiment
         except ConfigError as e:  # e.g. tracking=server without $MLFLOW_TRACKING_URI: before any job
-            from cnnlab.cli import fail
-
             fail(str(e))
         command = redact_text(" ".join(["python", *sys.argv]))
-        name = "sweep " + time.strftime("%Y-%m-%d %H:%M:%S")
         overrides = [o for o in redact_overrides(config.hydra.overrides.task) if not o.startswith("resume=")]
         resume = OmegaConf.select(config, "resume")
         # creating the store, experiment and parent here, once, keeps parallel jobs off the schema race
         try:
-            check_reachable_store(config, self.uri, tracking.shared_filesystem)
-            if resume:  # the same sweep again: reopen its parent, skip what FINISHED (cnnlab.sweep.resume)
-                from cnnlab.sweep.resume import PLAN_ENV, reopen_parent
+            check_reachable_store(config, uri, tracking.shared_filesystem)
+            if resume:  # the same sweep again: reopen its parent; each job skips what FINISHED (cnnlab.sweep.resume)
+                from cnnlab.sweep.resume import reopen_parent
 
-                plan = Path(str(config.hydra.sweep.dir)) / "resume_plan.json"
-                self.tracker = reopen_parent(self.uri, self.experiment, str(resume), overrides, keys, command, plan)
-                context[PLAN_ENV] = str(plan.resolve())
+                self.tracker = reopen_parent(uri, experiment, str(resume), overrides, keys, command)
             else:
-                self.tracker = Tracker.start(self.uri, self.experiment, name,
+                self.tracker = Tracker.start(uri, experiment, "sweep " + time.strftime("%Y-%m-%d %H:%M:%S"),
                                              tags={"cnnlab.sweep": "parent", "sweep.command": command[:5000]})
+                self.tracker.log_params({
+                    "sweep.overrides": " ".join(overrides),
+                    "sweep.keys": ",".join(keys),
+                    "sweep.launcher": str(OmegaConf.select(config, "hydra.launcher._target_")).rsplit(".", 1)[-1],
+                })
         except Exception as e:  # Hydra would only warn and run every job unrecorded: stop here instead
-            from cnnlab.cli import fail
-
             fail(str(e) if isinstance(e, ConfigError) else
-                 f"tracking.uri: cannot create the sweep's MLflow run at {redact_text(self.uri)!r}: "
+                 f"tracking.uri: cannot create the sweep's MLflow run at {redact_text(uri)!r}: "
                  f"{redact_text(str(e).splitlines()[0] if str(e) else type(e).__name__)}")
-        if not resume:  # a reopened parent keeps its params
-            self.tracker.log_params({
-                "sweep.overrides": " ".join(overrides),
-                "sweep.keys": ",".join(keys),
-                "sweep.launcher": str(OmegaConf.select(config, "hydra.launcher._target_")).rsplit(".", 1)[-1],
-            })
-        attach_job_context(config, {**context, PARENT_ENV: self.tracker.run_id, KEYS_ENV: ",".join(keys)})
-        self.started = time.perf_counter()
-        self.guard = start_guard(self.uri, self.tracker.run_id)
-        ACTIVE = self
-        atexit.register(self.finish, "FAILED", "the sweep stopped before its end")
-        print(f"sweep: MLflow parent run {self.tracker.run_id} ({redact_text(self.uri)})")
+        name_jobs_by(config, keys, self.tracker.run_id)
+        atexit.register(self.finish_at_exit)
+        print(f"sweep: MLflow parent run {self.tracker.run_id} ({redact_text(uri)})")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.finish("FINISHED")
+
+    def finish_at_exit(self) -> None:
+        """The sweep did not reach its end: Ctrl-C/SIGTERM (KILLED) or an error of the launcher's (FAILED)."""
+        signum = Interrupted.last
+        if signum is not None:
+            import signal
+
+            self.finish("KILLED", f"sweep interrupted by {signal.Signals(signum).name}")
+        else:
+            self.finish("FAILED", "the sweep stopped before its end")
 
     def finish(self, status: str, note: str | None = None) -> None:
         """End the parent run with `status` and its summary; once (later calls do nothing)."""
@@ -143,11 +141,6 @@ class MlflowSweepCallback(Callback):
         if tracker is None:
             return
         rows, counts = finish_parent(tracker, status, note)
-        if self.guard is not None:
-            try:
-                self.guard.communicate(b"done\n", timeout=10)
-            except Exception:
-                self.guard.kill()
         print(to_markdown(rows))
         print(f"sweep: {len(rows)} jobs, {counts['FINISHED']} finished, {counts['FAILED']} failed"
               + (f", {counts['KILLED']} killed" if counts["KILLED"] else "")
@@ -155,31 +148,21 @@ class MlflowSweepCallback(Callback):
               + f"; summary in MLflow run {tracker.run_id}")
 
 
-ACTIVE: MlflowSweepCallback | None = None  # this process's sweep callback, for the launcher to finish
-
-
-def start_guard(uri: str, run_id: str):
-    """A process in its own session that ends the parent KILLED if this one dies before `finish`."""
-    env = helper_env()
-    try:
-        return subprocess.Popen([sys.executable, "-m", "cnnlab.sweep.guard", uri, run_id], stdin=subprocess.PIPE,
-                                env=env, start_new_session=True)
-    except OSError:
-        return None
-
-
 def finish_parent(tracker, status: str, note: str | None = None) -> tuple[list[dict], dict]:
     """Summary (CSV, Markdown, plot) of the children that exist, job counts, then the parent's end.
 
-    Unless the sweep FINISHED, children still RUNNING are ended KILLED first (their workers are gone).
+    Children whose process on this host is gone are ended KILLED first; unless the sweep FINISHED, so
+    is every child still RUNNING (its worker was stopped, or its node is out of reach).
     """
+    from cnnlab.record.tracking import Tracker, end_dead_runs
+
     client, run_id = tracker.client, tracker.run_id
+    parent = client.get_run(run_id)
+    end_dead_runs(client, [parent.info.experiment_id], parent_run_id=run_id)
     if status != "FINISHED":
         for row in summarize_children(client, run_id):
             if row["status"] == "RUNNING":
-                client.set_tag(row["run_id"], "error", note or f"sweep {status}")
-                client.set_terminated(row["run_id"], "KILLED")
-    parent = client.get_run(run_id)
+                Tracker(client, row["run_id"]).end("KILLED", note or f"sweep {status}")
     resumes = int(parent.data.tags.get("sweep.resumes", 0))
     rows = summarize_children(client, run_id)
     if resumes:  # a job re-run after a resume has two children: the newest one counts
@@ -193,23 +176,20 @@ def finish_parent(tracker, status: str, note: str | None = None) -> tuple[list[d
         (folder / "summary.md").write_text(to_markdown(rows) + "\n")
         comparison_plot(client, rows, folder / "val_accuracy.png")
         tracker.log_artifacts(folder)
-    tags = {f"jobs.{s.lower()}": str(n) for s, n in counts.items()} | {"jobs.total": str(len(rows))}
-    tracker.set_tags(tags | ({"error": note} if note else {}))
+    tracker.set_tags({f"jobs.{s.lower()}": str(n) for s, n in counts.items()} | {"jobs.total": str(len(rows))})
     started = parent.info.start_time / 1000
     tracker.log_metrics(resumes, {"jobs_finished": counts["FINISHED"], "jobs_failed": counts["FAILED"],  # a step
                                   "sweep_seconds": time.time() - started})  # per attempt
-    tracker.end(status)
+    tracker.end(status, note)
     return rows, counts
 
 
 def summarize_children(client, parent_id: str) -> list[dict]:
     """One row per child run, in job order: name, overrides, status and final metrics."""
-    parent = client.get_run(parent_id)
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
-                                  order_by=["attributes.start_time ASC"], max_results=10000)
+    from cnnlab.record.tracking import child_runs
+
     rows = []
-    for run in children:
+    for run in child_runs(client, parent_id):
         row = {"run": run.info.run_name, "overrides": run.data.tags.get("hydra.overrides", ""),
                "status": run.info.status, "run_id": run.info.run_id}
         row.update({m: run.data.metrics.get(m) for m in METRICS})

@@ -1,17 +1,15 @@
-"""What a sweep job needs wherever it runs: its context in its own config, a store it can reach, its CPU share.
+"""What a sweep job needs wherever it runs: a store it can reach, and its share of the machine's cores.
 
 Hydra's launchers (cnnlab, joblib, Ray, submitit) all build each job's config with
 `config_loader.load_sweep_config(master_config, job_overrides)`, which composes it again
 from `hydra.overrides.hydra` plus the job's overrides, and `run_job` applies the job
-config's `hydra.job.env_set` inside the job's process. So the sweep's callback puts the
-job context (parent run id, swept keys, resume plan, CPUs per job) into
-`hydra.overrides.hydra` as `hydra.job.env_set.*` overrides: the context travels with the
-job's config to another process, another Ray node or a SLURM node, where inherited
-environment variables never arrive.
+config's `hydra.job.env_set` inside the job's process. So the sweep's callback gives each job
+its CPU share (`CNNLAB_JOB_CPUS`, read by `cnnlab.threads`) as a `hydra.job.env_set` override:
+it travels with the job's config to another process, Ray node or SLURM node.
 
 Example:
-    >>> env_set_override("CNNLAB_SWEEP_KEYS", "init,optimizer.lr")
-    "++hydra.job.env_set.CNNLAB_SWEEP_KEYS='init,optimizer.lr'"
+    >>> env_set_override("CNNLAB_JOB_CPUS", "2")
+    "++hydra.job.env_set.CNNLAB_JOB_CPUS='2'"
     >>> is_local_file("sqlite:////tmp/x/mlflow.db"), is_local_file("http://127.0.0.1:5000")
     (True, False)
 """
@@ -19,18 +17,11 @@ Example:
 from __future__ import annotations
 
 import os
-import socket
-import sys
 from urllib.parse import urlsplit
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from cnnlab.errors import ConfigError
-
-CPUS_ENV = "CNNLAB_JOB_CPUS"  # CPU cores this job may use (its thread pools are sized to it)
-PARENT_ENV = "CNNLAB_SWEEP_PARENT_RUN_ID"  # the sweep's parent run, set for each job by cnnlab.sweep.callback
-KEYS_ENV = "CNNLAB_SWEEP_KEYS"  # the swept keys, which name each job's child run
-JOB_ENV = "CNNLAB_SWEEP_JOB"  # the job's index while it runs; its MLflow run carries it as a tag
 
 
 def env_set_override(key: str, value: str) -> str:
@@ -106,47 +97,3 @@ def cpus_per_job(config: DictConfig) -> int | None:
         cpus = OmegaConf.select(launcher, "cpus_per_task")
         return int(cpus) if cpus else None
     return None
-
-
-def job_cpus() -> int | None:
-    """In a job: its CPU share ($CNNLAB_JOB_CPUS from the sweep, else SLURM's $SLURM_CPUS_PER_TASK)."""
-    for key in (CPUS_ENV, "SLURM_CPUS_PER_TASK"):
-        value = os.environ.get(key, "")
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    return None
-
-
-def size_thread_pools(cpus: int | None) -> None:
-    """Before Keras is imported: TensorFlow's and XLA's (JAX's) CPU thread pools sized to `cpus`.
-
-    TensorFlow's pools are set on its config right after import (`cnnlab.backend`); here the
-    variables that the OpenMP runtime and XLA read when they start.
-    """
-    if not cpus:
-        return
-    os.environ.setdefault("OMP_NUM_THREADS", str(cpus))
-    if cpus == 1:  # XLA's CPU backend has one switch: one thread for its Eigen kernels, or all cores
-        flags = os.environ.get("XLA_FLAGS", "")
-        if "xla_cpu_multi_thread_eigen" not in flags:
-            os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
-
-
-def set_tensorflow_threads(tf, cpus: int | None) -> None:
-    """TensorFlow's intra-op pool to `cpus` threads, inter-op to at most 2 (once per process)."""
-    if not cpus:
-        return
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(cpus)
-        tf.config.threading.set_inter_op_parallelism_threads(min(2, cpus))
-    except RuntimeError:
-        pass  # a reused worker: its first job already started TensorFlow, with this sweep's same share
-
-
-def where_tags() -> dict[str, str]:
-    """Where a job ran: the host, and on a Ray worker the node's id (`ray list nodes` names it)."""
-    tags = {"host": socket.gethostname()}
-    ray = sys.modules.get("ray")  # imported only in a process that Ray runs or drives
-    if ray is not None and ray.is_initialized():
-        tags["ray.node_id"] = ray.get_runtime_context().get_node_id()
-    return tags

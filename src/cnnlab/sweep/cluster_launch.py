@@ -3,9 +3,10 @@
 The plugins' own `launch` gathers results with `ray.get` / `job.results()`, and the first
 job whose process died (a killed Ray worker, a SLURM job past its time, the OOM killer)
 raises there and ends the whole sweep. Here every job is awaited on its own: a lost
-one is recorded as a FAILED child run with the cause (`cnnlab.sweep.launcher.job_lost`) and
-the sweep goes on, as with `hydra/launcher=cnnlab`. Ctrl-C cancels the jobs still out
-and ends the sweep KILLED. Jobs are composed and run by the plugins' own functions.
+one is recorded as a FAILED child run with the cause (`cnnlab.sweep.lost`) and the sweep
+goes on, as with `hydra/launcher=cnnlab`. Ctrl-C cancels the jobs still out and ends the
+sweep KILLED. Only public APIs: Ray's `ray.init`/`ray.remote`, submitit's executor, Hydra's
+`run_job` and the submitit plugin's own job function (its launcher's `__call__`).
 
 Examples:
     python run.py -m init=he,glorot hydra/launcher=ray hydra.launcher.ray.init.address=10.0.0.5:6379
@@ -22,7 +23,8 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
 from omegaconf import OmegaConf
 
-from cnnlab.sweep.launcher import compose_job, job_lost
+from cnnlab.sweep.launcher import compose_job
+from cnnlab.sweep.lost import job_lost
 
 log = logging.getLogger(__name__)
 
@@ -36,40 +38,43 @@ def _start(launcher, job_overrides, kind: str) -> Path:
     return sweep_dir
 
 
-def _interrupted(cancel) -> None:
-    """Ctrl-C/SIGTERM while jobs are out: cancel them, end the sweep KILLED (the caller re-raises)."""
-    from cnnlab.sweep import callback as sweep
+def run_on_ray(hydra_context, job_config, task_function, singleton_state) -> JobReturn:
+    """One job inside a Ray task, as Hydra's launchers run a job in their worker processes."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import run_job
 
-    cancel()
-    if sweep.ACTIVE is not None:
-        sweep.ACTIVE.finish("KILLED", "sweep interrupted")
+    setup_globals()
+    Singleton.set_state(singleton_state)
+    HydraConfig.instance().set_config(job_config)
+    return run_job(hydra_context=hydra_context, task_function=task_function, config=job_config,
+                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
 
 def launch_ray(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     """Each job a Ray task (`hydra.launcher.ray.remote`: num_cpus, num_gpus, max_retries)."""
     import ray
-    from hydra_plugins.hydra_ray_launcher._launcher_util import launch_job_on_ray, start_ray
 
     _start(launcher, job_overrides, "Ray")
-    start_ray(launcher.ray_cfg.init)
+    if not ray.is_initialized():
+        ray.init(**OmegaConf.to_container(launcher.ray_cfg.init, resolve=True))
+    remote = ray.remote(**OmegaConf.to_container(launcher.ray_cfg.remote, resolve=True))(run_on_ray)
     out = []
     for i, overrides in enumerate(job_overrides):
         index = initial_job_idx + i
         log.info(f"\t#{index} : {' '.join(filter_overrides(overrides))}")
         config = compose_job(launcher.hydra_context, launcher.config, list(overrides), index)
-        ref = launch_job_on_ray(launcher.hydra_context, launcher.ray_cfg.remote, config, launcher.task_function,
-                                Singleton.get_state())
-        out.append((index, list(overrides), config, ref))
+        ref = remote.remote(launcher.hydra_context, config, launcher.task_function, Singleton.get_state())
+        out.append((list(overrides), config, ref))
     results = []
     try:
-        for index, overrides, config, ref in out:
+        for overrides, config, ref in out:
             try:
                 results.append(ray.get(ref))
             except ray.exceptions.RayError as e:  # the job's process or node died: it alone fails
-                cause = f"Ray task lost: {type(e).__name__}: {first_line(e)}"
-                results.append(job_lost(index, overrides, cause, config))
-    except KeyboardInterrupt:
-        _interrupted(lambda: [ray.cancel(ref, force=True) for *_, ref in out])
+                results.append(job_lost(overrides, f"Ray task lost: {type(e).__name__}: {first_line(e)}", config))
+    except KeyboardInterrupt:  # the sweep's callback ends the parent KILLED as the process exits
+        for *_, ref in out:
+            ray.cancel(ref, force=True)
         raise
     return results
 
@@ -79,8 +84,8 @@ def launch_submitit(launcher, job_overrides: Sequence[Sequence[str]], initial_jo
     import submitit
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
-    _start(launcher, job_overrides, f"submitit {launcher._EXECUTOR}")
-    kind, params = launcher._EXECUTOR, dict(launcher.params)
+    kind, params = launcher.kind, dict(launcher.params)
+    _start(launcher, job_overrides, f"submitit {kind}")
     folder = params.pop("submitit_folder")
     extra = {f"{kind}_max_num_timeout": params.pop("max_num_timeout")} if "max_num_timeout" in params else {}
     executor = submitit.AutoExecutor(folder=folder, cluster=kind, **extra)
@@ -100,9 +105,10 @@ def launch_submitit(launcher, job_overrides: Sequence[Sequence[str]], initial_jo
             except Exception as e:  # FailedJobError, UncompletedJobError: its process died or timed out
                 cause = f"submitit job {job.job_id} lost: {type(e).__name__}: {first_line(e)}"
                 config = compose_job(launcher.hydra_context, launcher.config, list(overrides), index)
-                results.append(job_lost(index, list(overrides), cause, config))
-    except KeyboardInterrupt:
-        _interrupted(lambda: [job.cancel(check=False) for job in jobs])
+                results.append(job_lost(list(overrides), cause, config))
+    except KeyboardInterrupt:  # the sweep's callback ends the parent KILLED as the process exits
+        for job in jobs:
+            job.cancel(check=False)
         raise
     return results
 

@@ -24,6 +24,8 @@ except ImportError:  # the cluster extra is not installed: say so when such a sw
 class CnnlabLocalLauncher(LocalLauncher):
     """`hydra/launcher=submitit_local`: each job a local process started by submitit."""
 
+    kind = "local"  # submitit's executor name
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
         from cnnlab.sweep.cluster_launch import launch_submitit
 
@@ -32,6 +34,8 @@ class CnnlabLocalLauncher(LocalLauncher):
 
 class CnnlabSlurmLauncher(SlurmLauncher):
     """`hydra/launcher=submitit_slurm`: the jobs as one SLURM job array (sbatch)."""
+
+    kind = "slurm"
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
         from cnnlab.sweep.cluster_launch import launch_submitit
