@@ -30,6 +30,16 @@ def fail(message: str, code: int = EXIT_CONFIG):
     sys.exit(code)
 
 
+def quiet_mlflow_console() -> None:
+    """MLflow's "🏃 View run … / 🧪 View experiment …" lines (runs on a tracking server) only with CNNLAB_VERBOSE=1.
+
+    MLflow's own switch, `MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT`, set for this process and those it starts
+    (the run's MLflow helper, sweep workers); a value the user set wins.
+    """
+    if os.environ.get("CNNLAB_VERBOSE", "0") in ("", "0"):
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
 def _interrupt(signum, frame):
     raise Interrupted(signum)
 
@@ -81,6 +91,7 @@ class Arguments(argparse.ArgumentParser):
 def run_command(body, *args) -> None:
     """Run a command's `body(*args)`: a ConfigError is one line and exit 2, Ctrl-C/SIGTERM one line and 130/143."""
     sys.excepthook = _print_redacted_traceback  # a bug's traceback shows no credentials
+    quiet_mlflow_console()
     exit_on_signals()
     try:
         body(*args)
@@ -123,6 +134,7 @@ def guard_hydra_errors(hydra_main) -> None:
 
     # Hydra prints composition errors over several lines and exits 1; let them reach us instead.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    quiet_mlflow_console()
     sys.excepthook = _print_redacted_traceback  # an unexpected error's traceback shows no credentials
     config_guard.install()  # before Hydra instantiates anything a config names
     exit_on_signals()

@@ -11,9 +11,14 @@ A tracking server needs no local UI: its address is printed.
 The console shows two lines of cnnlab's own: where MLflow's log goes, then, once the server
 answers, the one URL to open. MLflow 3's UI opens on its GenAI pages unless the URL asks for
 the model-training view (`workflowType=machine_learning`; without it the browser's last
-choice, GenAI in a fresh browser), so the URL is the experiment's runs tab with that parameter:
+choice, GenAI in a fresh browser), so the URL is the experiment's runs tab with that parameter,
+and with a shared view whose table shows the headline metrics (`test_accuracy`, `val_accuracy`,
+`test_loss`, `val_loss`: MLflow shows no metric column by default):
 
-    http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning
+    http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning&viewStateShareKey=cnnlab-columns
+
+The page then says "You're viewing a shared view"; the columns you pick are yours once you save them
+(`Override saved view`) or leave it (`Exit shared view`).
 
 MLflow's and uvicorn's INFO lines and Python's deprecation warnings go to the log file
 (`ui.log` beside the SQLite store, else in the temporary folder).
@@ -40,6 +45,11 @@ from cnnlab.record.store import redact_uri, resolve_uri, sqlite_path
 
 EXPERIMENT = "cnnlab"  # conf/tracking/mlflow.yaml's experiment
 VIEW = "workflowType=machine_learning"  # MLflow 3.x UI: the model-training view, not GenAI
+# The runs table's columns. MLflow's UI shows no metric column until one is ticked under Columns, and keeps
+# that choice in the browser; the one way a URL can bring columns is a shared view: an experiment tag
+# `mlflow.sharedViewState.<key>` holding the view (JSON) and `viewStateShareKey=<key>` in the URL.
+SHARE_KEY = "cnnlab-columns"
+COLUMNS = ["metrics.`test_accuracy`", "metrics.`val_accuracy`", "metrics.`test_loss`", "metrics.`val_loss`"]
 START_SECONDS = 300  # a loaded 2-core machine takes ~85 s to start MLflow's server
 
 
@@ -82,13 +92,30 @@ def base_url(argv: list[str]) -> str:
     return f"http://{host}:{_value(argv, '5000', '--port', '-p')}"
 
 
-def runs_url(base: str, experiment_id: str | None) -> str:
+def runs_url(base: str, experiment_id: str | None, share_key: str | None = None) -> str:
     """The URL of an experiment's runs in the model-training view (the experiments list without an id).
 
     >>> runs_url("http://127.0.0.1:5000", "1")
     'http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning'
+    >>> runs_url("http://127.0.0.1:5000", "1", "cnnlab-columns")
+    'http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning&viewStateShareKey=cnnlab-columns'
     """
-    return f"{base}/#/experiments/{experiment_id}/runs?{VIEW}" if experiment_id else f"{base}/#/experiments?{VIEW}"
+    if not experiment_id:
+        return f"{base}/#/experiments?{VIEW}"
+    return f"{base}/#/experiments/{experiment_id}/runs?{VIEW}" + (f"&viewStateShareKey={share_key}" if share_key else "")
+
+
+def share_columns(base: str, experiment_id: str) -> str | None:
+    """Store the runs table's default columns as the experiment's shared view; its key, or None if refused."""
+    body = json.dumps({"experiment_id": experiment_id, "key": f"mlflow.sharedViewState.{SHARE_KEY}",
+                       "value": json.dumps({"selectedColumns": COLUMNS})}).encode()
+    request = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/set-experiment-tag", data=body,
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5):  # noqa: S310 - the UI this command started
+            return SHARE_KEY
+    except OSError:  # a read-only store, a server that refuses: the table without metric columns
+        return None
 
 
 def log_path(uri: str, port: str) -> Path:
@@ -167,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: mlflow ui exited with code {server.returncode}: {_tail(log)} (log: {log})", file=sys.stderr)
         return 2 if server.returncode == 0 else server.returncode
     found = experiment_id(base, name)
+    key = share_columns(base, found) if found else None
     where = f"runs of experiment {name!r}" if found else f"experiments (no {name!r} yet: runs create it)"
-    print(f"open {runs_url(base, found)}   ({where}, model training view)", flush=True)
+    print(f"open {runs_url(base, found, key)}   ({where}, model training view)", flush=True)
     code = server.wait()
     return 128 - code if code < 0 else code  # killed by a signal: the shell's 128 + N
 
