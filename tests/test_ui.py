@@ -151,3 +151,18 @@ def test_console_is_cnnlabs_two_lines_and_sigterm_stops_the_server(ui):
     assert ui.proc.returncode == 0
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{ui.base}/health", timeout=5)
+
+
+def test_a_server_that_stops_is_one_line_from_its_log(tmp_path):
+    from cnnlab.ui import _why
+
+    log = tmp_path / "ui.log"
+    log.write_text("2026/12/06 04:00:00 ERROR:    an old start's error\n")
+    start = log.stat().st_size
+    with open(log, "a") as f:
+        f.write("2026/12/06 04:44:51 INFO:     Application startup complete.\n"
+                "2026/12/06 04:44:51 ERROR:    [Errno 98] error while attempting to bind on address "
+                "('127.0.0.1', 5084): address already in use\n"
+                "2026/12/06 04:44:51 INFO:     Application shutdown complete.\n")
+    assert _why(log, start) == ("[Errno 98] error while attempting to bind on address ('127.0.0.1', 5084): "
+                                "address already in use")

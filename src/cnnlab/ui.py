@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -158,11 +159,16 @@ def experiment_id(base: str, name: str) -> str | None:
         return None
 
 
-def _tail(path: Path, lines: int = 5) -> str:
+def _why(path: Path, start: int) -> str:
+    """What this start of the server wrote last about an error (its log from `start` on), without timestamps."""
     try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+        with open(path, "rb") as f:
+            f.seek(start)
+            lines = f.read().decode(errors="replace").strip().splitlines()
     except OSError:
         return ""
+    errors = [line for line in lines if "ERROR" in line or "Error" in line] or lines[-1:]
+    return re.sub(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (ERROR:?)?\s*", "", errors[-1]) if errors else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"MLflow UI on {redact_uri(uri)} starting (its log: {log}; Ctrl-C stops it)", flush=True)
     env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}  # starlette's, in MLflow's server
     with open(log, "ab") as out:
+        start = out.tell()
         server = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
     # Ctrl-C reaches the server too (same process group) and it stops itself; SIGTERM to us alone is passed on.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -192,8 +199,11 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             time.sleep(0.5)
     if server.poll() is not None:
-        print(f"error: mlflow ui exited with code {server.returncode}: {_tail(log)} (log: {log})", file=sys.stderr)
-        return 2 if server.returncode == 0 else server.returncode
+        why = _why(log, start)
+        hint = "; --port N picks another port" if "address already in use" in why else ""
+        print(f"error: mlflow ui stopped: {why or f'exit code {server.returncode}'}{hint} (its log: {log})",
+              file=sys.stderr)
+        return 2
     found = experiment_id(base, name)
     key = share_columns(base, found) if found else None
     where = f"runs of experiment {name!r}" if found else f"experiments (no {name!r} yet: runs create it)"
