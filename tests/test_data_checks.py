@@ -175,3 +175,16 @@ def test_cli_bad_data_one_line_exit_2_and_no_run(tmp_path, changes, expected):
     for part in expected:
         assert part in errors[0], errors[0]
     assert not (tmp_path / "mlflow.db").exists()  # no run recorded, not even a store created
+
+
+def test_a_missing_data_folder_is_named_as_the_folder(tmp_path, monkeypatch):
+    spec = check_dataset({"name": "mnist", "input_shape": [28, 28, 1], "num_classes": 10})
+    monkeypatch.setenv("CNNLAB_DATA_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError) as err:
+        load_data(spec)
+    assert str(err.value) == (f"CNNLAB_DATA_DIR: the folder {tmp_path / 'nowhere'} does not exist; set CNNLAB_DATA_DIR "
+                              "to the folder that holds mnist.npz, as an absolute path "
+                              "(export CNNLAB_DATA_DIR=/data/datasets)")
+    monkeypatch.setenv("CNNLAB_DATA_DIR", str(tmp_path))  # the folder is there, the file is not
+    with pytest.raises(DataError, match=f"CNNLAB_DATA_DIR: mnist data file not found at {tmp_path}/mnist.npz"):
+        load_data(spec)

@@ -228,7 +228,7 @@ def markdown(records: list[dict], plots: list[str], diags: dict) -> str:
             lines.append(f"| {layer} | " + " | ".join(cells_) + " |")
     lines += ["", "## Findings", ""] + findings(by_name, cells)
     lines += ["", "## Runs", "", "`results.json` lists every run with its MLflow run id; open them with "
-              "`python -m cnnlab.ui` (experiment `ltfn_init`)."]
+              "`python -m cnnlab.ui --experiment ltfn_init`."]
     return "\n".join(lines) + "\n"
 
 

@@ -30,6 +30,16 @@ def fail(message: str, code: int = EXIT_CONFIG):
     sys.exit(code)
 
 
+def quiet_mlflow_console() -> None:
+    """MLflow's "🏃 View run … / 🧪 View experiment …" lines (runs on a tracking server) only with CNNLAB_VERBOSE=1.
+
+    MLflow's own switch, `MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT`, set for this process and those it starts
+    (the run's MLflow helper, sweep workers); a value the user set wins.
+    """
+    if os.environ.get("CNNLAB_VERBOSE", "0") in ("", "0"):
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
 def _interrupt(signum, frame):
     raise Interrupted(signum)
 
@@ -81,6 +91,7 @@ class Arguments(argparse.ArgumentParser):
 def run_command(body, *args) -> None:
     """Run a command's `body(*args)`: a ConfigError is one line and exit 2, Ctrl-C/SIGTERM one line and 130/143."""
     sys.excepthook = _print_redacted_traceback  # a bug's traceback shows no credentials
+    quiet_mlflow_console()
     exit_on_signals()
     try:
         body(*args)
@@ -123,6 +134,7 @@ def guard_hydra_errors(hydra_main) -> None:
 
     # Hydra prints composition errors over several lines and exits 1; let them reach us instead.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    quiet_mlflow_console()
     sys.excepthook = _print_redacted_traceback  # an unexpected error's traceback shows no credentials
     config_guard.install()  # before Hydra instantiates anything a config names
     exit_on_signals()
@@ -148,19 +160,116 @@ def _report(e: BaseException, hydra_errors: tuple) -> None:
         fail(yaml_message(yaml_error(e)))
     if isinstance(e, ValueError) and _raised_by_hydra(e):
         fail(one_line(e))  # command-line misuse, e.g. `-m` together with `--cfg`
-    from hydra.errors import OverrideParseException
+    from hydra.errors import ConfigCompositionException, OverrideParseException
 
-    if isinstance(e, OverrideParseException):  # Hydra names the override in only some of its messages
-        detail = str(e.message).split("\nSee https://hydra.cc")[0]
-        detail = detail.replace(f"Error parsing override '{e.override}'", "").replace(e.override, "")
-        fail(f"override {e.override!r}: {one_line(detail.replace('^', '')) or 'cannot be parsed'}"
-             " (see https://hydra.cc/docs/advanced/override_grammar/basic)")
+    if isinstance(e, OverrideParseException):
+        fail(override_syntax_message(e.override, str(e.message)))
+    if isinstance(e, ConfigCompositionException) and APPEND_ADVICE in str(e):
+        message = unknown_key_message(e)
+        if message:
+            fail(message)
     if isinstance(e, hydra_errors):
         message = str(e).split("Config search path")[0]  # Hydra appends its search path to lookups
         cause = e.__cause__
         detail = f" ({str(cause).splitlines()[0]})" if isinstance(cause, hydra_errors[1]) else ""
         fail(one_line(message) + detail)
     raise e
+
+
+GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic"
+APPEND_ADVICE = "To append to your config use +"  # Hydra's words for an override of a key the config lacks
+
+
+def unknown_key_message(e: BaseException) -> str | None:
+    """Hydra's "Could not override 'a.b'. To append to your config use +a.b=1" as cnnlab's line.
+
+    'trainer.step: unknown key; did you mean 'steps'? (override 'trainer.step=100')': the suggestion
+    comes from the keys the composed config really has there (Hydra's `+` advice would only move the
+    error on to the schema). A layer argument that the file does not set but the layer kind takes is
+    the one case where adding it is the answer.
+    """
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    typed = str(e).split(APPEND_ADVICE, 1)[1].strip()
+    cause = e.__cause__
+    if not isinstance(cause, (ConfigAttributeError, ConfigKeyError)) or not cause.full_key:
+        return None
+    key, parent = str(cause.key), cause.parent_node
+    keys = [str(k) for k in parent.keys()] if hasattr(parent, "keys") else []
+    added = _layer_argument(cause.full_key, key, parent)
+    if added:
+        return f"{cause.full_key}: not set in the model's file; add it with '+{typed}'"
+    from cnnlab.config.fields import closest
+
+    hint = closest(key, keys) if keys else ""
+    known = "" if hint or not keys else f" (known: {', '.join(keys)})"
+    return f"{cause.full_key}: unknown key{hint}{known} (override {typed!r})"
+
+
+def _layer_argument(full_key: str, key: str, parent) -> bool:
+    """Whether `full_key` is model.layers.<name>.<key> and the layer's kind takes `key`."""
+    parts = full_key.split(".")
+    if len(parts) != 4 or parts[:2] != ["model", "layers"] or not hasattr(parent, "get"):
+        return False
+    try:
+        from cnnlab.model.layers import layer_kind
+
+        return key in layer_kind(str(parent.get("type")), ".".join(parts[:3])).args
+    except Exception:  # an unknown type: the schema names it once the config composes
+        return False
+
+
+_PARSER_WORDS = [  # ANTLR's words → a user's (the token lists after "expecting" are left out)
+    (r"^missing EQUAL at '<EOF>'", "no '=': an override is key=value"),
+    (r"^mismatched input '<EOF>'.*", "the value ends too early"),
+    (r"^(?:extraneous|mismatched) input '(.*?)' expecting.*", r"unexpected '\1'"),
+    (r"^no viable alternative at input '(.*?)'$", r"cannot read the value at '\1'"),
+]
+
+
+def override_syntax_message(override: str, message: str) -> str:
+    """Hydra's override-grammar error as one line: the key, what is wrong, a fix that parses, the override.
+
+    >>> override_syntax_message("trainer.steps==100", "Error parsing override 'trainer.steps==100'\\n"
+    ...                         "extraneous input '=' expecting {<EOF>, ':', BRACKET_OPEN}")
+    "trainer.steps: unexpected '='; did you mean 'trainer.steps=100'? (override 'trainer.steps==100')"
+    """
+    import re
+
+    lines = [line for line in message.splitlines()
+             if line.strip() and not line.startswith(("Error parsing override", "See https://hydra.cc"))]
+    detail = lines[0].strip() if lines else "cannot be parsed"
+    if detail.startswith("LexerNoViableAltException"):  # the next line's caret marks the character
+        caret = lines[1].index("^") - (len(lines[0]) - len(override)) if len(lines) > 1 and "^" in lines[1] else -1
+        detail = (f"unexpected character {override[caret]!r} at column {caret + 1}" if 0 <= caret < len(override)
+                  else "unexpected character")
+    else:
+        for pattern, words in _PARSER_WORDS:
+            if re.match(pattern, detail):
+                detail = re.sub(pattern, words, detail)
+                break
+    key = override.split("=", 1)[0].lstrip("+~") if "=" in override else override
+    fix = _parsable_fix(override)
+    hint = f"; did you mean {fix!r}?" if fix else ""
+    where = "" if fix else f"; grammar: {GRAMMAR}"
+    return f"{key or override}: {detail}{hint} (override {override!r}{where})"
+
+
+def _parsable_fix(override: str) -> str | None:
+    """A near form of `override` that Hydra's grammar accepts (one '=' for '==', no trailing comma)."""
+    import re
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    candidates = [re.sub(r"==+", "=", override, count=1), override.rstrip(","), override.replace(" ", "")]
+    parser = OverridesParser.create()
+    for candidate in dict.fromkeys(c for c in candidates if c != override and "=" in c):
+        try:
+            parser.parse_overrides([candidate])
+            return candidate
+        except Exception:  # noqa: BLE001 - any parse failure: not a fix
+            continue
+    return None
 
 
 def _cause(e: BaseException | None, kind: type):

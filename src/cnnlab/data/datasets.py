@@ -178,6 +178,9 @@ def _where_hint(spec: DatasetConfig) -> str:
 def _read_npz(path: Path, spec: DatasetConfig):
     key = _source_key(spec)
     if not path.is_file():
+        if key == DATA_DIR_ENV and not path.parent.is_dir():  # the folder itself is wrong, not the file in it
+            raise DataError(key, f"the folder {path.parent} does not exist; set {DATA_DIR_ENV} to the folder that "
+                                 f"holds {spec.name}.npz, as an absolute path (export {DATA_DIR_ENV}=/data/datasets)")
         raise DataError(key, f"{spec.name} data file not found at {path}; {_where_hint(spec)}")
     try:
         with np.load(path, allow_pickle=False) as f:
