@@ -74,12 +74,17 @@ def requirements() -> list[str]:
     return out
 
 
-def save(model, path) -> Path:
-    """Write serving `model` as an MLflow model (Keras flavor + pyfunc) in the new folder `path`."""
+def save(model, path, class_names=None) -> Path:
+    """Write serving `model` as an MLflow model (Keras flavor + pyfunc) in the new folder `path`.
+
+    `class_names` (output i's name) go into the MLmodel file's metadata: `{"class_names": [...]}`.
+    """
     import mlflow.keras
 
     path = Path(path)
-    mlflow.keras.save_model(model, str(path), signature=signature(model), pip_requirements=requirements())
+    metadata = {"class_names": [str(c) for c in class_names]} if class_names else None
+    mlflow.keras.save_model(model, str(path), signature=signature(model), pip_requirements=requirements(),
+                            metadata=metadata)
     return path
 
 
@@ -95,7 +100,7 @@ def save_run_model(model, data, from_logits: bool) -> tuple[Path, dict[str, floa
     served = serving_model(model, data.x_test.shape[1:], data.raw_dtype, data.pixel_range, from_logits)
     folder = Path(tempfile.mkdtemp(prefix="cnnlab-model-"))
     try:
-        save(served, folder)
+        save(served, folder, getattr(data, "class_names", None))
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)  # never a half-saved model left behind, or uploaded
         raise

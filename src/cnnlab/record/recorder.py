@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import select
@@ -301,6 +302,7 @@ def run_tags(run, data, overrides, choices, keras) -> dict[str, str]:
     return {
         "hydra.overrides": " ".join(overrides) or "(none)", **git_state(), **versions(),
         "keras.backend": keras.backend.backend(), "device": device_name(), "data.source": data.source,
+        **({"class_names": json.dumps(list(data.class_names))[:8000]} if getattr(data, "class_names", None) else {}),
         "dtype_policy": keras.config.dtype_policy().name,
         "model.params": str(run.arch.total_params),
         "process.pid": str(os.getpid()),  # which sweep worker ran the job (memory is per process)
