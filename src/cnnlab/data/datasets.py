@@ -288,8 +288,9 @@ def npz_shapes(path: Path, spec: DatasetConfig) -> dict[str, tuple[int, ...]]:
             shapes = {}
             for k in KEYS:
                 with z.open(f"{k}.npy") as f:
-                    version = np.lib.format.read_magic(f)
-                    shapes[k] = np.lib.format._read_array_header(f, version)[0]
+                    major, _ = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                    shapes[k] = read(f)[0]
             return shapes
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise DataError(key, f"{path} is not a readable .npz file ({type(e).__name__}: {e}); {_where_hint(spec)}") from None
