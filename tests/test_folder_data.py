@@ -121,8 +121,10 @@ def write_photos(root: Path, per_class: int = 20, seed: int = 0) -> None:
     Image.fromarray(np.full((20, 30), 90, np.uint8)).save(root / "train" / "cat" / "gray.png")  # L → RGB
 
 
-def test_rgb_jpegs_of_mixed_sizes_with_given_splits_and_augmentation(compose, tmp_path, capsys):
+def test_rgb_jpegs_of_mixed_sizes_with_given_splits_augmentation_and_normalization(compose, tmp_path, capsys):
+    """Also `dataset.normalize=auto`: the training split's per-channel mean/std, inside the logged model."""
     from cnnlab.data.datasets import load_data
+    from cnnlab.evaluate import evaluate
     from cnnlab.predict import predict
     from cnnlab.run.train import train
 
@@ -130,16 +132,23 @@ def test_rgb_jpegs_of_mixed_sizes_with_given_splits_and_augmentation(compose, tm
     write_photos(root)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     run = folder_config(compose, root, tmp_path, "dataset.input_shape=[16,16,3]", "dataset.val_size=4",
-                        "augment=flip_crop", "trainer.steps=30", "trainer.eval_every=30", f"tracking.uri={uri}")
+                        "augment=flip_crop", "trainer.steps=30", "trainer.eval_every=30", "dataset.normalize=auto",
+                        f"tracking.uri={uri}")
     data = load_data(run.dataset)
     assert data.x_train.shape[1:] == (16, 16, 3) and len(data.x_test) == 20  # DIR/test is the test split
     assert len(data.x_train) + len(data.x_val) == 41 and data.class_names == ("cat", "dog")
+    assert np.allclose(data.x_train.reshape(-1, 3).mean(0), 0, atol=1e-4)  # normalized by the training split
+    assert np.allclose(data.x_train.reshape(-1, 3).std(0), 1, atol=1e-3)
     result = train(run)
     assert result["test_accuracy"] >= 0.9  # red vs blue
     _, (r,) = runs(uri)
     assert r.data.params["augment.layers.crop.padding"] == "4"  # the augmentation is in the run's params
+    assert json.loads(r.data.tags["normalize"])["mean"] == pytest.approx(list(data.normalize[0]))
     capsys.readouterr()
     try:
+        # the served model (raw uint8 in, the scaling and normalization inside) scores as the run did
+        assert evaluate([f"runs:/{r.info.run_id}/model", "--tracking-uri", uri])["test_accuracy"] == \
+            pytest.approx(result["test_accuracy"])
         found = predict([f"runs:/{r.info.run_id}/model", str(root / "test" / "dog" / "0.jpg"), "--top-k", "2",
                          "--tracking-uri", uri])
     finally:
@@ -147,7 +156,7 @@ def test_rgb_jpegs_of_mixed_sizes_with_given_splits_and_augmentation(compose, tm
 
         keras.config.enable_interactive_logging()
     assert found[0][0][0] == "dog"
-    assert capsys.readouterr().out.strip().startswith(f"{root / 'test' / 'dog' / '0.jpg'}: dog (")
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"{root / 'test' / 'dog' / '0.jpg'}: dog (")
 
 
 @pytest.mark.parametrize("breakage, says", [

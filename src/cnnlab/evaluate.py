@@ -28,7 +28,7 @@ import numpy as np
 
 from cnnlab.cli import EXIT_TRACKING, Arguments, fail, run_command
 from cnnlab.data.checks import scale_pixels
-from cnnlab.data.datasets import SPLITS, DatasetConfig, raw_split
+from cnnlab.data.datasets import SPLITS, DatasetConfig, normalize_stats, normalized, raw_split
 from cnnlab.errors import ConfigError
 from cnnlab.record.logged_model import dataset_input, log_inputs, split_input
 from cnnlab.record.model_ref import check_fits, load_pyfunc, option_dataset, resolve, run_dataset
@@ -107,8 +107,10 @@ def evaluate(argv: list[str]) -> dict:
     matrix = confusion_counts(y, np.argmax(probabilities, axis=-1), ref.classes)
     seconds = time.perf_counter() - started
     # described as a training run describes it (the images scaled as it trained on them): the same digest
+    scaled = scale_pixels(x, raw.pixel_range)
+    stats = normalize_stats(dataset, scale_pixels(raw.x_train, raw.pixel_range)) if dataset.normalize else None
     data = split_input(f"{dataset.name}-{CONTEXT[args.split]}", CONTEXT[args.split],
-                       scale_pixels(x, raw.pixel_range), y, raw.source, raw.raw_dtype)
+                       normalized(scaled, stats) if stats else scaled, y, raw.source, raw.raw_dtype)
     names = ref.class_names or (list(raw.class_names) if raw.class_names and len(raw.class_names) == ref.classes
                                 else [str(c) for c in range(ref.classes)])
     run_id = record(client, ref, dataset, args.split, data, metrics, matrix, names)

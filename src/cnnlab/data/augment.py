@@ -91,9 +91,12 @@ def check_augment(cfg, path: str = "augment") -> AugmentConfig:
 
 
 class Augmenter:
-    """`augmenter(x, i)`: training batch i (float32 NHWC in [0, 1]) augmented, seeded by (seed, i)."""
+    """`augmenter(x, i)`: training batch i (float32 NHWC in [0, 1]) augmented, seeded by (seed, i).
 
-    def __init__(self, config: AugmentConfig, seed: int, image_shape):
+    `value_range`: the pixels' range (contrast clips to it): [0, 1], or wider under `dataset.normalize`.
+    """
+
+    def __init__(self, config: AugmentConfig, seed: int, image_shape, value_range=(0.0, 1.0)):
         from cnnlab.backend import keras
 
         L = keras.layers
@@ -112,7 +115,7 @@ class Augmenter:
             elif kind == "zoom":
                 layer = L.RandomZoom(a["height_factor"], a["width_factor"], fill_mode=a["fill_mode"], seed=s)
             else:
-                layer = L.RandomContrast(a["factor"], value_range=(0, 1), seed=s)
+                layer = L.RandomContrast(a["factor"], value_range=value_range, seed=s)
             self.steps.append((kind, a, layer, s))
         self.keras = keras
 

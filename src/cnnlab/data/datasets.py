@@ -68,6 +68,27 @@ def fraction(v, path: str) -> float:
     return float(v)
 
 
+def normalize_rule(v, path: str):
+    """`dataset.normalize`: null (off), auto (per-channel mean/std of the training split) or {mean: [...], std: [...]}.
+
+    Given values are in the scaled [0, 1] units (e.g. MNIST: {mean: [0.1307], std: [0.3081]}).
+    """
+    if v is None or v == "auto":
+        return v
+    if not isinstance(v, dict) or set(v) != {"mean", "std"}:
+        raise ConfigError(path, f"expected null, auto or {{mean: [...], std: [...]}}, got {show(v)}")
+    out = {}
+    for key in ("mean", "std"):
+        values = v[key] if isinstance(v[key], (list, tuple)) else [v[key]]
+        if not values or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x)
+                             for x in values):
+            raise ConfigError(f"{path}.{key}", f"expected a list of numbers (one per channel), got {show(v[key])}")
+        if key == "std" and min(values) <= 0:
+            raise ConfigError(f"{path}.std", f"expected standard deviations > 0, got {show(v[key])}")
+        out[key] = tuple(float(x) for x in values)
+    return out
+
+
 DATASET_FIELDS = {
     "name": Field(choice(*KNOWN_SHAPES, "synthetic", "folder")),
     "path": Field(optional(string), None),
@@ -79,6 +100,8 @@ DATASET_FIELDS = {
     # null: uint8 pixels are divided by 255 and any other pixels must already lie in [0, 1];
     # [lo, hi]: the file's pixels lie in [lo, hi] and are mapped onto [0, 1] (e.g. [0, 255] for float 0..255)
     "pixel_range": Field(pixel_range, None),
+    # inside the model, after the scaling to [0, 1]: (x - mean) / std per channel
+    "normalize": Field(normalize_rule, None),
     # dataset=folder only (cnnlab.data.folder)
     "test_split": Field(fraction, 0.2),  # without DIR/test: this fraction of each class is the test split
     "split_seed": Field(integer, 0),  # seeds that split and the training images' order (so val is a random sample)
@@ -101,6 +124,7 @@ class DatasetConfig:
     test_split: float = 0.2
     split_seed: int = 0
     cache_dir: str | None = None
+    normalize: str | dict | None = None
 
 
 def check_dataset(cfg, path: str = "dataset") -> DatasetConfig:
@@ -110,6 +134,12 @@ def check_dataset(cfg, path: str = "dataset") -> DatasetConfig:
         raise ConfigError(
             f"{path}.input_shape", f"{show(list(d['input_shape']))} but {d['name']} images are {show(list(known))}"
         )
+    if isinstance(d["normalize"], dict):
+        channels = d["input_shape"][-1]
+        for key, values in d["normalize"].items():
+            if len(values) not in (1, channels):
+                raise ConfigError(f"{path}.normalize.{key}", f"{len(values)} values for {channels} channel(s): "
+                                                             f"give one per channel, or one for all")
     if d["name"] == "folder" and not d["path"]:
         raise ConfigError(f"{path}.path", "dataset=folder needs the folder: dataset.path=DIR "
                                           "(one subfolder of images per class)")
@@ -134,6 +164,7 @@ class Data:
     raw_dtype: str = "float32"  # what the file holds, before scaling: a served model takes that (cnnlab.record.export)
     pixel_range: tuple[float, float] = (0.0, 1.0)  # the raw range that was mapped onto [0, 1]
     class_names: tuple[str, ...] | None = None  # label i's name (None: the labels' numbers)
+    normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # per-channel (mean, std), applied
 
 
 def data_file(spec: DatasetConfig) -> Path | None:
@@ -148,8 +179,40 @@ def load_data(spec: DatasetConfig) -> Data:
     """Load, check, scale and split the data set a validated `dataset` config names. Raises DataError."""
     raw = load_raw(spec)
     scale = [scale_pixels(x, raw.pixel_range) for x in (raw.x_train, raw.x_val, raw.x_test)]
+    stats = normalize_stats(spec, scale[0])
+    if stats:
+        scale = [normalized(x, stats) for x in scale]
     return Data(scale[0], raw.y_train, scale[1], raw.y_val, scale[2], raw.y_test, raw.source,
-                raw.raw_dtype, raw.pixel_range, raw.class_names)
+                raw.raw_dtype, raw.pixel_range, raw.class_names, stats)
+
+
+def normalize_stats(spec: DatasetConfig, x_train_scaled: np.ndarray):
+    """`dataset.normalize` as per-channel (mean, std) tuples: given, or of the scaled training split; None: off.
+
+    >>> spec = check_dataset({"name": "synthetic", "input_shape": [2, 2, 3], "num_classes": 2, "normalize": "auto"})
+    >>> x = np.stack([np.zeros((2, 2, 3)), np.ones((2, 2, 3))]).astype(np.float32)
+    >>> normalize_stats(spec, x)
+    ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    """
+    if spec.normalize is None:
+        return None
+    channels = spec.input_shape[-1]
+    if spec.normalize == "auto":
+        flat = x_train_scaled.reshape(-1, channels)
+        mean = flat.mean(axis=0, dtype=np.float64)
+        std = np.sqrt(np.maximum(flat.var(axis=0, dtype=np.float64), 0.0))
+        std = np.where(std > 1e-6, std, 1.0)  # a constant channel: centred only
+        return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    mean, std = spec.normalize["mean"], spec.normalize["std"]
+    return tuple(mean * channels if len(mean) == 1 else mean), tuple(std * channels if len(std) == 1 else std)
+
+
+def normalized(x: np.ndarray, stats) -> np.ndarray:
+    """Scaled pixels (float32) → (x - mean) / std per channel, in place."""
+    mean, std = (np.asarray(v, np.float32) for v in stats)
+    x -= mean
+    x /= std
+    return x
 
 
 def load_raw(spec: DatasetConfig) -> Data:

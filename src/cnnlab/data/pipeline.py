@@ -151,7 +151,10 @@ def training_batches(x, y, batch_size: int, steps: int, *, shuffle: bool = True,
     if augment is not None and augment.rows:
         from cnnlab.data.augment import Augmenter
 
-        return BatchStream(x, y, *args, augment=Augmenter(augment, seed, x.shape[1:]))
+        value_range = (0.0, 1.0)
+        if any(kind == "contrast" for _, kind, _ in augment.rows) and len(x):
+            value_range = (min(0.0, float(np.min(x))), max(1.0, float(np.max(x))))  # normalized pixels: wider
+        return BatchStream(x, y, *args, augment=Augmenter(augment, seed, x.shape[1:], value_range))
     if pipeline == "auto":
         pipeline = "tensors" if keras.backend.backend() == "tensorflow" else "pydataset"
     if pipeline == "pydataset":

@@ -144,7 +144,14 @@ def run_dataset(ref: ModelRef) -> DatasetConfig:
     if "name" not in params:
         who = f"run {ref.run.info.run_id} logged no dataset.* params" if ref.run else f"{ref.uri} has no source run"
         raise ConfigError("--dataset", f"not given, and {who}: name the data set, e.g. --dataset mnist")
-    return check_dataset({k: param_value(k, v) for k, v in params.items()}, "dataset")
+    values = {}
+    for k, v in params.items():  # a mapping was logged flat (normalize.mean, normalize.std): nest it again
+        head, _, rest = k.partition(".")
+        if rest:
+            values.setdefault(head, {})[rest] = param_value(rest, v)
+        else:
+            values[k] = param_value(k, v)
+    return check_dataset(values, "dataset")
 
 
 def param_value(key: str, text: str):
