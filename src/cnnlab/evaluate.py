@@ -133,7 +133,7 @@ def per_class_accuracy(matrix: np.ndarray) -> list[float | None]:
 
 def per_class_table(names: list[str], matrix: np.ndarray, accuracy: list) -> str:
     """One line per class: its name, images, accuracy on them."""
-    width = max(len(n) for n in names)
+    width = max(len("class"), *(len(n) for n in names))
     rows = [f"  {'class':<{width}}  images  accuracy"]
     for name, n, a in zip(names, matrix.sum(axis=1), accuracy):
         rows.append(f"  {name:<{width}}  {int(n):>6}  {'-' if a is None else f'{a:.4f}':>8}")
