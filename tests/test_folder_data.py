@@ -308,6 +308,11 @@ def test_cli_dry_run_shows_the_folder_and_augmentation_and_a_corrupt_image_exits
     assert "data: folder: 38 train, 2 val, 10 test images, 10 classes" in p.stdout
     assert "augment: shift, on training batches only: shift: translation(" in p.stdout
     (root / "four" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    from cnnlab.data.datasets import check_dataset, describe_data
+
+    with pytest.raises(DataError, match="four/broken.png is not a readable image"):  # the dry run's header check
+        describe_data(check_dataset({"name": "folder", "path": str(root), "input_shape": [28, 28, 1],
+                                     "num_classes": 10, "val_size": 2}))
     p = run_cli(*args, "dataset.val_size=2", "trainer.steps=2")
     assert p.returncode == 2, p.stderr[-2000:]
     (line,) = [s for s in p.stderr.strip().splitlines() if s.strip()]

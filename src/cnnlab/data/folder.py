@@ -201,9 +201,14 @@ def cached_arrays(scan: FolderScan, shape, cache_dir: str | None, workers: int =
             root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise DataError("dataset.cache_dir", f"cannot create the image cache folder {root}: {e}") from None
-        with FileLock(str(entry) + ".lock"):
-            if not (entry / "meta.json").is_file():  # another run may have built it while this one waited
-                build(scan, shape, entry, workers)
+        try:
+            with FileLock(str(entry) + ".lock"):
+                if not (entry / "meta.json").is_file():  # another run may have built it while this one waited
+                    build(scan, shape, entry, workers)
+        except OSError as e:  # unwritable, or full: a decode failure is a DataError, never an OSError here
+            raise DataError("dataset.cache_dir", f"cannot write the image cache in {root} "
+                                                 f"({type(e).__name__}: {e}); set dataset.cache_dir "
+                                                 f"or {CACHE_ENV} to a writable folder") from None
     out = {}
     for split in scan.splits:
         out[split] = (np.load(entry / f"x_{split}.npy", mmap_mode="r"), np.load(entry / f"y_{split}.npy"))
@@ -275,9 +280,30 @@ def folder_arrays(spec) -> tuple[tuple, str, list[str]]:
     return (x[order], y[order], x_test, y_test), str(scan.root), scan.classes
 
 
+def check_headers(scan: FolderScan) -> None:
+    """Each image's header (Pillow opens files lazily: no pixel is decoded). DataError naming the first bad one.
+
+    A file truncated after its header is only found by decoding it (the real run's cache build).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    for rel, _, _ in scan.stats:
+        path = scan.root / rel
+        try:
+            with Image.open(path):
+                pass
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            detail = str(e).splitlines()[0][:150] if str(e) else "no detail"
+            raise DataError(KEY, f"{path} is not a readable image ({type(e).__name__}: {detail})") from None
+
+
 def describe(spec) -> tuple[str, int, int]:
-    """The dry run's look at a folder data set, without decoding: (classes and images per class, train, test)."""
+    """The dry run's look at a folder data set, without decoding: (classes and images per class, train, test).
+
+    Also reads every image's header (`check_headers`).
+    """
     scan = scan_folder(spec.path)
+    check_headers(scan)
     lines = [f"folder {scan.root}: {len(scan.classes)} classes, {len(scan.stats)} images"]
     splits = list(scan.splits)
     for split in splits:
