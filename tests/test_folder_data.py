@@ -199,6 +199,16 @@ def test_bad_folders_are_one_line_and_no_run(compose, tmp_path, breakage, says):
     assert not [p for p in (tmp_path / "cache").glob("*") if ".tmp-" in p.name]  # no half-built cache left
 
 
+def test_a_given_num_classes_must_match_the_folders(tmp_path):
+    from cnnlab.data.datasets import check_dataset, describe_data
+
+    write_photos(tmp_path / "photos", per_class=2)
+    spec = check_dataset({"name": "folder", "path": str(tmp_path / "photos"), "input_shape": [8, 8, 3],
+                          "num_classes": 3, "val_size": 1})
+    with pytest.raises(DataError, match="dataset.num_classes: 3 but .*photos holds 2 class folders"):
+        describe_data(spec)
+
+
 def test_missing_folder_names_it_as_given_and_resolved(compose, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match=r"dataset.path: 'no/such' is no such folder \(resolved: "

@@ -266,6 +266,7 @@ def folder_arrays(spec) -> tuple[tuple, str, list[str]]:
     `val_size` of them (the validation split) are a random sample of every class.
     """
     scan = scan_folder(spec.path)
+    check_class_count(spec, scan)
     arrays, entry = cached_arrays(scan, spec.input_shape, spec.cache_dir)
     rng_seed = spec.split_seed
     if "test" in arrays:
@@ -297,12 +298,19 @@ def check_headers(scan: FolderScan) -> None:
             raise DataError(KEY, f"{path} is not a readable image ({type(e).__name__}: {detail})") from None
 
 
+def check_class_count(spec, scan: FolderScan) -> None:
+    if spec.num_classes != len(scan.classes):
+        raise DataError("dataset.num_classes", f"{spec.num_classes} but {scan.root} holds {len(scan.classes)} "
+                                               "class folders (num_classes: auto counts them)")
+
+
 def describe(spec) -> tuple[str, int, int]:
     """The dry run's look at a folder data set, without decoding: (classes and images per class, train, test).
 
     Also reads every image's header (`check_headers`).
     """
     scan = scan_folder(spec.path)
+    check_class_count(spec, scan)
     check_headers(scan)
     lines = [f"folder {scan.root}: {len(scan.classes)} classes, {len(scan.stats)} images"]
     splits = list(scan.splits)
