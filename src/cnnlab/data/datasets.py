@@ -100,12 +100,12 @@ DATASET_FIELDS = {
     # null: uint8 pixels are divided by 255 and any other pixels must already lie in [0, 1];
     # [lo, hi]: the file's pixels lie in [lo, hi] and are mapped onto [0, 1] (e.g. [0, 255] for float 0..255)
     "pixel_range": Field(pixel_range, None),
-    # inside the model, after the scaling to [0, 1]: (x - mean) / std per channel
-    "normalize": Field(normalize_rule, None),
     # dataset=folder only (cnnlab.data.folder)
     "test_split": Field(fraction, 0.2),  # without DIR/test: this fraction of each class is the test split
     "split_seed": Field(integer, 0),  # seeds that split and the training images' order (so val is a random sample)
     "cache_dir": Field(optional(string), None),  # the decoded cache; null: $CNNLAB_CACHE_DIR, else ~/.cache/cnnlab
+    # inside the model, after the scaling to [0, 1]: (x - mean) / std per channel
+    "normalize": Field(normalize_rule, None),
 }
 
 
