@@ -29,7 +29,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 README = (REPO / "README.md").read_text(encoding="utf-8")

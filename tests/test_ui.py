@@ -20,7 +20,6 @@ import urllib.request
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import REPO
 
 MAKE_RUN = """

@@ -3,7 +3,8 @@
 The model gets the split's raw images, as the data set stores them (what `cnnlab.record.export`
 models take); the data set is the one its run trained on (its logged `dataset.*` params,
 same train_size/val_size/test_size) unless `--dataset NAME` picks conf/dataset/NAME.yaml.
-It prints the metrics on one line and records them as a new MLflow run,
+It prints the accuracy per class (by the class names the model carries), then the metrics on
+one line, and records them as a new MLflow run,
 `evaluate-<source run name>`, in the source run's experiment: tagged with the source run's
 id, its metrics linked to the logged model and to the split (an MLflow dataset input), and
 the confusion matrix as an artifact. The run is created only once the metrics exist.
@@ -27,7 +28,7 @@ import numpy as np
 
 from cnnlab.cli import EXIT_TRACKING, Arguments, fail, run_command
 from cnnlab.data.checks import scale_pixels
-from cnnlab.data.datasets import SPLITS, DatasetConfig, raw_split
+from cnnlab.data.datasets import SPLITS, DatasetConfig, normalize_stats, normalized, raw_split
 from cnnlab.errors import ConfigError
 from cnnlab.record.logged_model import dataset_input, log_inputs, split_input
 from cnnlab.record.model_ref import check_fits, load_pyfunc, option_dataset, resolve, run_dataset
@@ -106,15 +107,41 @@ def evaluate(argv: list[str]) -> dict:
     matrix = confusion_counts(y, np.argmax(probabilities, axis=-1), ref.classes)
     seconds = time.perf_counter() - started
     # described as a training run describes it (the images scaled as it trained on them): the same digest
+    scaled = scale_pixels(x, raw.pixel_range)
+    stats = normalize_stats(dataset, scale_pixels(raw.x_train, raw.pixel_range)) if dataset.normalize else None
     data = split_input(f"{dataset.name}-{CONTEXT[args.split]}", CONTEXT[args.split],
-                       scale_pixels(x, raw.pixel_range), y, raw.source, raw.raw_dtype)
-    run_id = record(client, ref, dataset, args.split, data, metrics, matrix)
+                       normalized(scaled, stats) if stats else scaled, y, raw.source, raw.raw_dtype)
+    names = ref.class_names or (list(raw.class_names) if raw.class_names and len(raw.class_names) == ref.classes
+                                else [str(c) for c in range(ref.classes)])
+    run_id = record(client, ref, dataset, args.split, data, metrics, matrix, names)
+    per_class = per_class_accuracy(matrix)
+    print(per_class_table(names, matrix, per_class))  # the summary line last: the run id ends the output
     print(f"{ref.uri} on {dataset.name} {args.split} ({len(x)} images): "
           + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + f" ({seconds:.1f} s), MLflow run {run_id}")
-    return {**metrics, "run_id": run_id}
+    return {**metrics, "run_id": run_id, "per_class": dict(zip(names, per_class))}
 
 
-def record(client, ref, dataset: DatasetConfig, split: str, data: dict, metrics: dict, matrix) -> str:
+def per_class_accuracy(matrix: np.ndarray) -> list[float | None]:
+    """Recall of each class: the share of its images predicted as it (None for a class with no images).
+
+    >>> per_class_accuracy(np.array([[3, 1], [0, 0]]))
+    [0.75, None]
+    """
+    totals = matrix.sum(axis=1)
+    return [float(matrix[i, i] / n) if n else None for i, n in enumerate(totals)]
+
+
+def per_class_table(names: list[str], matrix: np.ndarray, accuracy: list) -> str:
+    """One line per class: its name, images, accuracy on them."""
+    width = max(len("class"), *(len(n) for n in names))
+    rows = [f"  {'class':<{width}}  images  accuracy"]
+    for name, n, a in zip(names, matrix.sum(axis=1), accuracy):
+        rows.append(f"  {name:<{width}}  {int(n):>6}  {'-' if a is None else f'{a:.4f}':>8}")
+    return "\n".join(rows)
+
+
+def record(client, ref, dataset: DatasetConfig, split: str, data: dict, metrics: dict, matrix,
+           names: list[str] | None = None) -> str:
     """The evaluation as a new, FINISHED MLflow run; one that fails part way ends FAILED with the reason.
 
     `data` is the split as `cnnlab.record.logged_model.split_input` describes it (the run's dataset input).
@@ -125,7 +152,7 @@ def record(client, ref, dataset: DatasetConfig, split: str, data: dict, metrics:
     data_input = dataset_input(data)
     with tempfile.TemporaryDirectory() as folder:
         figure = Path(folder) / "confusion_matrix.png"  # drawn before the run exists: less to fail after
-        confusion_matrix(matrix, f"{ref.run_name}: {dataset.name} {split}", figure)
+        confusion_matrix(matrix, f"{ref.run_name}: {dataset.name} {split}", figure, names)
         with open_store(uri):
             experiment = ref.run.info.experiment_id if ref.run else ensure_experiment(client, "cnnlab",
                                                                                       artifact_location(uri))
@@ -142,7 +169,8 @@ def record(client, ref, dataset: DatasetConfig, split: str, data: dict, metrics:
                              metrics=[Metric(k, v, now, 0, model_id=ref.model_id, dataset_name=d.name,
                                              dataset_digest=d.digest) for k, v in metrics.items()])
             client.log_artifact(run_id, str(figure))
-            client.log_dict(run_id, {"labels": list(range(len(matrix))), "matrix": matrix.tolist()},
+            client.log_dict(run_id, {"labels": list(range(len(matrix))), "class_names": names,
+                                     "matrix": matrix.tolist()},
                             "confusion_matrix.json")
             client.set_terminated(run_id, "FINISHED")
         except BaseException as e:

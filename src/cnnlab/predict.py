@@ -3,9 +3,11 @@
 Each PNG/JPEG (anything Pillow reads) is converted to the model's channels (L for one,
 RGB for three), resized to its height × width and cast to the dtype its signature names
 (uint8 for the built-in data sets), then the model (`cnnlab.record.export`: raw pixels in,
-probabilities out) classifies them all in one call. One line per file:
+probabilities out) classifies them all in one call. One line per file, each class by the
+name the model carries (its data set's class names; numbers for a model logged without them):
 
     digit.png: 7 (0.9731)  2 (0.0150)  3 (0.0042)
+    photo.jpg: cat (0.9700)  dog (0.0200)  bird (0.0050)
 
 A missing or unreadable file is one line and exit 2, before the model is loaded.
 
@@ -65,13 +67,9 @@ def to_array(image, shape: tuple[int, ...], dtype: np.dtype, pixel_range=(0.0, 2
     >>> float(to_array(Image.new("L", (2, 2), 255), (2, 2, 1), np.dtype("float32"), (0.0, 1.0)).max())
     1.0
     """
-    from PIL import Image
+    from cnnlab.data.folder import convert_image
 
-    height, width, channels = shape
-    image = image.convert("L" if channels == 1 else "RGB")
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-    x = np.asarray(image).reshape(height, width, channels)
+    x = convert_image(image, shape)  # as a folder data set's images were converted for training
     if np.dtype(dtype).kind == "f":
         lo, hi = pixel_range
         return (lo + x.astype(dtype) * ((hi - lo) / 255.0)).astype(dtype)
@@ -110,9 +108,10 @@ def predict(argv: list[str]) -> list[list[tuple[int, float]]]:
     batch = np.stack([to_array(image, ref.shape, ref.dtype, pixel_range) for image in images])
     probabilities = np.asarray(load_pyfunc(ref.uri).predict(batch))
     found = [top_k(p, args.top_k) for p in probabilities]
+    names = ref.class_names or [str(c) for c in range(ref.classes)]
     for path, classes in zip(args.images, found):
-        print(f"{path}: " + "  ".join(f"{c} ({p:.4f})" for c, p in classes))
-    return found
+        print(f"{path}: " + "  ".join(f"{names[c]} ({p:.4f})" for c, p in classes))
+    return [[(names[c], p) for c, p in classes] for classes in found]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from cnnlab.config.compose import CONF_DIR, to_plain  # noqa: F401 (CONF_DIR: for this module's example)
 from cnnlab.config.fields import boolean, closest, optional, show, string
 from cnnlab.config.guard import redacted_config, refuse_targets
-from cnnlab.data.datasets import DatasetConfig, check_dataset
+from cnnlab.data.augment import AugmentConfig, check_augment
+from cnnlab.data.datasets import DatasetConfig, check_dataset, with_folder_classes
 from cnnlab.errors import ConfigError
 from cnnlab.model.builder import Architecture, check_model
 from cnnlab.model.memory import check_memory
@@ -31,7 +32,7 @@ from cnnlab.record.tracking import TrackingConfig, check_tracking
 from cnnlab.run.optimizers import OptimizerConfig, check_optimizer
 from cnnlab.run.trainer import TrainerConfig, check_trainer
 
-GROUPS = ("model", "init", "dataset", "optimizer", "trainer", "tracking")
+GROUPS = ("model", "init", "dataset", "optimizer", "trainer", "tracking", "augment")
 TOP_LEVEL = (*GROUPS, "dry_run", "resume")
 
 
@@ -47,10 +48,12 @@ class RunConfig:
     dry_run: bool
     resolved: dict  # the resolved config as the user wrote it, for logging: oc.env values, URI credentials `***`
     resume: str | None = None  # a run id to continue, or "last" (cnnlab.run.resume)
+    augment: AugmentConfig | None = None  # training-batch augmentation (cnnlab.data.augment)
 
 
 def check_config(cfg) -> RunConfig:
     """Validate a composed config (DictConfig or plain dict). Raises ConfigError."""
+    cfg = with_folder_classes(cfg)  # dataset=folder's `num_classes: auto`: the class folders counted
     plain = to_plain(cfg)
     refuse_targets(plain)
     for key in plain:
@@ -84,5 +87,6 @@ def check_config(cfg) -> RunConfig:
         tracking=check_tracking(plain["tracking"]),
         dry_run=boolean(plain.get("dry_run", False), "dry_run"),
         resume=optional(string)(plain.get("resume"), "resume"),
+        augment=check_augment(plain["augment"]),
         resolved=redacted_config(cfg, plain),  # the real tracking.uri stays in `tracking`, which connects
     )

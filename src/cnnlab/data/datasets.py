@@ -1,4 +1,7 @@
-"""Data sets (config group `dataset`): MNIST, Fashion-MNIST, CIFAR-10 and a synthetic set.
+"""Data sets (config group `dataset`): MNIST, Fashion-MNIST, CIFAR-10, a synthetic set and your own images.
+
+`dataset=folder dataset.path=DIR` reads a folder of images, one subfolder per class
+(`cnnlab.data.folder`: layout, checks and the decoded cache).
 
 Offline, `<name>.npz` (the Keras layout: x_train, y_train, x_test, y_test) is read
 from `dataset.path` or the folder in $CNNLAB_DATA_DIR; otherwise
@@ -24,12 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.config.fields import (
-    Field,
     check_fields,
     choice,
-    non_negative_int,
+    integer,
     optional,
     positive_int,
+    rule,
+    rules,
     shape,
     show,
     string,
@@ -40,42 +44,90 @@ from cnnlab.errors import ConfigError, DataError
 DATA_DIR_ENV = "CNNLAB_DATA_DIR"
 # name → the image shape its files hold
 KNOWN_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
-DATASET_FIELDS = {
-    "name": Field(choice(*KNOWN_SHAPES, "synthetic")),
-    "path": Field(optional(string), None),
-    "input_shape": Field(shape),
-    "num_classes": Field(positive_int),
-    "val_size": Field(non_negative_int, 5000),
-    "train_size": Field(optional(positive_int), None),
-    "test_size": Field(optional(positive_int), None),
-    # null: uint8 pixels are divided by 255 and any other pixels must already lie in [0, 1];
-    # [lo, hi]: the file's pixels lie in [lo, hi] and are mapped onto [0, 1] (e.g. [0, 255] for float 0..255)
-    "pixel_range": Field(pixel_range, None),
+# the bundled data sets' classes, in label order (a folder's are its sorted subfolder names)
+CLASS_NAMES = {
+    "mnist": tuple("0123456789"),
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
 }
 
 
-@dataclass(frozen=True)
-class DatasetConfig:
-    """A checked `dataset` group (the keys of DATASET_FIELDS, which gives their rules and defaults)."""
+def count_or_fraction(v, path: str):
+    """`dataset.val_size`: an image count (int >= 0) or a fraction of the training images in (0, 1)."""
+    if isinstance(v, float) and 0 < v < 1:
+        return v
+    if isinstance(v, float) or isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ConfigError(path, f"expected an image count >= 0 or a fraction in (0, 1), got {show(v)}")
+    return v
 
-    name: str
-    path: str | None
-    input_shape: tuple[int, ...]
-    num_classes: int
-    val_size: int
-    train_size: int | None
-    test_size: int | None
-    pixel_range: tuple[float, float] | None
+
+def fraction(v, path: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+        raise ConfigError(path, f"expected a fraction in [0, 1), got {show(v)}")
+    return float(v)
+
+
+def normalize_rule(v, path: str):
+    """`dataset.normalize`: null (off), auto (per-channel mean/std of the training split) or {mean: [...], std: [...]}.
+
+    Given values are in the scaled [0, 1] units (e.g. MNIST: {mean: [0.1307], std: [0.3081]}).
+    """
+    if v is None or v == "auto":
+        return v
+    if not isinstance(v, dict) or set(v) != {"mean", "std"}:
+        raise ConfigError(path, f"expected null, auto or {{mean: [...], std: [...]}}, got {show(v)}")
+    out = {}
+    for key in ("mean", "std"):
+        values = v[key] if isinstance(v[key], (list, tuple)) else [v[key]]
+        if not values or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x)
+                             for x in values):
+            raise ConfigError(f"{path}.{key}", f"expected a list of numbers (one per channel), got {show(v[key])}")
+        if key == "std" and min(values) <= 0:
+            raise ConfigError(f"{path}.std", f"expected standard deviations > 0, got {show(v[key])}")
+        out[key] = tuple(float(x) for x in values)
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetConfig:
+    """A checked `dataset` group: each key's type, rule and default, declared once (`cnnlab.config.fields.rule`)."""
+
+    name: str = rule(choice(*KNOWN_SHAPES, "synthetic", "folder"))
+    path: str | None = rule(optional(string), None)
+    input_shape: tuple[int, ...] = rule(shape)
+    num_classes: int = rule(positive_int)
+    val_size: int | float = rule(count_or_fraction, 5000)
+    train_size: int | None = rule(optional(positive_int), None)
+    test_size: int | None = rule(optional(positive_int), None)
+    # null: uint8 pixels are divided by 255 and any other pixels must already lie in [0, 1];
+    # [lo, hi]: the file's pixels lie in [lo, hi] and are mapped onto [0, 1] (e.g. [0, 255] for float 0..255)
+    pixel_range: tuple[float, float] | None = rule(pixel_range, None)
+    # dataset=folder only (cnnlab.data.folder)
+    test_split: float = rule(fraction, 0.2)  # without DIR/test: this fraction of each class is the test split
+    split_seed: int = rule(integer, 0)  # seeds that split and the training images' order (so val is a random sample)
+    cache_dir: str | None = rule(optional(string), None)  # the decoded cache; null: $CNNLAB_CACHE_DIR, else ~/.cache/cnnlab
+    # inside the model, after the scaling to [0, 1]: (x - mean) / std per channel
+    normalize: str | dict | None = rule(normalize_rule, None)
 
 
 def check_dataset(cfg, path: str = "dataset") -> DatasetConfig:
-    d = check_fields(cfg, DATASET_FIELDS, path)
+    d = check_fields(cfg, rules(DatasetConfig), path)
     known = KNOWN_SHAPES.get(d["name"])
     if known and d["input_shape"] != known:
         raise ConfigError(
             f"{path}.input_shape", f"{show(list(d['input_shape']))} but {d['name']} images are {show(list(known))}"
         )
-    if d["train_size"] is not None and d["val_size"] >= d["train_size"]:
+    if isinstance(d["normalize"], dict):
+        channels = d["input_shape"][-1]
+        for key, values in d["normalize"].items():
+            if len(values) not in (1, channels):
+                raise ConfigError(f"{path}.normalize.{key}", f"{len(values)} values for {channels} channel(s): "
+                                                             f"give one per channel, or one for all")
+    if d["name"] == "folder" and not d["path"]:
+        raise ConfigError(f"{path}.path", "dataset=folder needs the folder: dataset.path=DIR "
+                                          "(one subfolder of images per class)")
+    if d["train_size"] is not None and isinstance(d["val_size"], int) and d["val_size"] >= d["train_size"]:
         raise ConfigError(
             f"{path}.val_size", f"{d['val_size']} leaves no training images out of train_size {d['train_size']}"
         )
@@ -95,6 +147,8 @@ class Data:
     source: str  # where the arrays came from, for the run's tags
     raw_dtype: str = "float32"  # what the file holds, before scaling: a served model takes that (cnnlab.record.export)
     pixel_range: tuple[float, float] = (0.0, 1.0)  # the raw range that was mapped onto [0, 1]
+    class_names: tuple[str, ...] | None = None  # label i's name (None: the labels' numbers)
+    normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # per-channel (mean, std), applied
 
 
 def data_file(spec: DatasetConfig) -> Path | None:
@@ -109,8 +163,40 @@ def load_data(spec: DatasetConfig) -> Data:
     """Load, check, scale and split the data set a validated `dataset` config names. Raises DataError."""
     raw = load_raw(spec)
     scale = [scale_pixels(x, raw.pixel_range) for x in (raw.x_train, raw.x_val, raw.x_test)]
+    stats = normalize_stats(spec, scale[0])
+    if stats:
+        scale = [normalized(x, stats) for x in scale]
     return Data(scale[0], raw.y_train, scale[1], raw.y_val, scale[2], raw.y_test, raw.source,
-                raw.raw_dtype, raw.pixel_range)
+                raw.raw_dtype, raw.pixel_range, raw.class_names, stats)
+
+
+def normalize_stats(spec: DatasetConfig, x_train_scaled: np.ndarray):
+    """`dataset.normalize` as per-channel (mean, std) tuples: given, or of the scaled training split; None: off.
+
+    >>> spec = check_dataset({"name": "synthetic", "input_shape": [2, 2, 3], "num_classes": 2, "normalize": "auto"})
+    >>> x = np.stack([np.zeros((2, 2, 3)), np.ones((2, 2, 3))]).astype(np.float32)
+    >>> normalize_stats(spec, x)
+    ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    """
+    if spec.normalize is None:
+        return None
+    channels = spec.input_shape[-1]
+    if spec.normalize == "auto":
+        flat = x_train_scaled.reshape(-1, channels)
+        mean = flat.mean(axis=0, dtype=np.float64)
+        std = np.sqrt(np.maximum(flat.var(axis=0, dtype=np.float64), 0.0))
+        std = np.where(std > 1e-6, std, 1.0)  # a constant channel: centred only
+        return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    mean, std = spec.normalize["mean"], spec.normalize["std"]
+    return tuple(mean * channels if len(mean) == 1 else mean), tuple(std * channels if len(std) == 1 else std)
+
+
+def normalized(x: np.ndarray, stats) -> np.ndarray:
+    """Scaled pixels (float32) → (x - mean) / std per channel, in place."""
+    mean, std = (np.asarray(v, np.float32) for v in stats)
+    x -= mean
+    x /= std
+    return x
 
 
 def load_raw(spec: DatasetConfig) -> Data:
@@ -118,8 +204,14 @@ def load_raw(spec: DatasetConfig) -> Data:
 
     What a served model takes (`cnnlab.record.export`); `raw_split` gives one split of it.
     """
+    names = CLASS_NAMES.get(spec.name)
     if spec.name == "synthetic":
         arrays, source = synthetic_arrays(spec), "synthetic"
+    elif spec.name == "folder":
+        from cnnlab.data.folder import folder_arrays
+
+        arrays, source, names = folder_arrays(spec)
+        names = tuple(names)
     else:
         path = data_file(spec)
         arrays, source = (_read_npz(path, spec), str(path)) if path else (_download(spec), f"keras.datasets.{spec.name}")
@@ -132,13 +224,18 @@ def load_raw(spec: DatasetConfig) -> Data:
         x_test, y_test = x_test[: spec.test_size], y_test[: spec.test_size]
     check_not_empty(len(x_train), "training images (x_train is empty)", source, key)
     check_not_empty(len(x_test), "test images (x_test is empty)", source, key)
-    n_val = spec.val_size
+    n_val = val_count(spec.val_size, len(x_train))
     if n_val >= len(x_train):
         raise DataError("dataset.val_size", f"{n_val} leaves no training images out of {len(x_train)} in {source}")
     cut = len(x_train) - n_val  # the last val_size images validate, as LTFN's 55,000/5,000 split
     raw_dtype = str(arrays[0].dtype)
     return Data(x_train[:cut], y_train[:cut], x_train[cut:], y_train[cut:], x_test, y_test, source,
-                raw_dtype, source_range(raw_dtype, spec.pixel_range))
+                raw_dtype, source_range(raw_dtype, spec.pixel_range), names)
+
+
+def val_count(val_size, n_train: int) -> int:
+    """`dataset.val_size` as a count: itself, or its fraction of `n_train` images."""
+    return int(round(val_size * n_train)) if isinstance(val_size, float) else val_size
 
 
 SPLITS = ("train", "val", "test")
@@ -225,3 +322,97 @@ def synthetic_arrays(spec: DatasetConfig, seed: int = 0):
     x_train, y_train = make(n_train)
     x_test, y_test = make(spec.test_size or 256)
     return x_train, y_train, x_test, y_test
+
+
+def npz_shapes(path: Path, spec: DatasetConfig) -> dict[str, tuple[int, ...]]:
+    """The shapes of a Keras-layout .npz's arrays, from their headers (no pixel is read). Raises DataError."""
+    key = _source_key(spec)
+    if not path.is_file():
+        raise DataError(key, f"{spec.name} data file not found at {path}; {_where_hint(spec)}")
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            missing = [k for k in KEYS if f"{k}.npy" not in names]
+            if missing:
+                raise DataError(key, f"{path} lacks the array(s) {', '.join(missing)} (Keras layout: {', '.join(KEYS)})")
+            shapes = {}
+            for k in KEYS:
+                with z.open(f"{k}.npy") as f:
+                    major, _ = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                    shapes[k] = read(f)[0]
+            return shapes
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(key, f"{path} is not a readable .npz file ({type(e).__name__}: {e}); {_where_hint(spec)}") from None
+
+
+def describe_data(spec: DatasetConfig) -> str:
+    """The dry run's data check, without decoding any image: where the data is, the split sizes.
+
+    Raises DataError for what it can see already: a missing file or folder, a bad folder
+    layout, a `val_size` that leaves no training images, images of the wrong shape.
+
+    Example:
+        >>> print(describe_data(check_dataset({"name": "synthetic", "input_shape": [8, 8, 1], "num_classes": 4,
+        ...                                    "train_size": 100, "val_size": 20, "test_size": 30})))
+        data: synthetic: 80 train, 20 val, 30 test images, 4 classes
+    """
+    lines = []
+    if spec.name == "synthetic":
+        source, n_train, n_test = "synthetic", spec.train_size or 1024, spec.test_size or 256
+    elif spec.name == "folder":
+        from cnnlab.data.folder import describe
+
+        text, n_train, n_test = describe(spec)
+        source = str(Path(spec.path).expanduser().resolve())
+        lines.append(text)
+    else:
+        path = data_file(spec)
+        if path is None:
+            return f"data: {spec.name}: no file ({DATA_DIR_ENV} unset): Keras downloads it at the run's start"
+        shapes, source = npz_shapes(path, spec), str(path)
+        for split in ("train", "test"):
+            xs, ys = shapes[f"x_{split}"], shapes[f"y_{split}"]
+            image = tuple(xs[1:]) + ((1,) if len(xs) == 3 else ())
+            if image != tuple(spec.input_shape):
+                raise DataError("dataset.input_shape", f"{list(spec.input_shape)} but {path} holds x_{split} images "
+                                                       f"of shape {list(image)}")
+            if xs[0] != ys[0]:
+                raise DataError(_source_key(spec), f"{path} holds {xs[0]} x_{split} images but {ys[0]} y_{split} "
+                                                   "labels; each image needs exactly one label")
+        n_train, n_test = shapes["x_train"][0], shapes["x_test"][0]
+    n_train = min(n_train, spec.train_size or n_train)
+    n_test = min(n_test, spec.test_size or n_test)
+    n_val = val_count(spec.val_size, n_train)
+    if n_val >= n_train:
+        raise DataError("dataset.val_size", f"{n_val} leaves no training images out of {n_train} in {source}")
+    if not n_test:
+        raise DataError(_source_key(spec), f"{source} holds no test images; every split needs images")
+    lines.append(f"data: {spec.name}: {n_train - n_val} train, {n_val} val, {n_test} test images, "
+                 f"{spec.num_classes} classes")
+    return "\n".join(lines)
+
+
+def with_folder_classes(cfg):
+    """The config with dataset=folder's `num_classes: auto` replaced by the number of class folders.
+
+    The model's output (`units: ${dataset.num_classes}`) then follows the folder. Any other
+    config comes back as it is. Raises DataError for a missing folder or fewer than two classes.
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    try:
+        d = cfg["dataset"]
+        if d["name"] != "folder" or d["num_classes"] not in ("auto", None) or not d["path"]:
+            return cfg
+        path = d["path"]
+    except Exception:
+        return cfg  # not there or not resolvable: the whole-config check names the key
+    from cnnlab.data.folder import count_classes
+
+    n = count_classes(str(path))
+    if isinstance(cfg, DictConfig):
+        cfg = cfg.copy()
+        OmegaConf.update(cfg, "dataset.num_classes", n, force_add=True)
+        return cfg
+    return {**cfg, "dataset": {**cfg["dataset"], "num_classes": n}}

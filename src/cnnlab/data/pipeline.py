@@ -18,6 +18,9 @@ there (a 100-step LTFN5 run: fit took ~30% less CPU than through `from_generator
 whose per-batch Python call hands the GIL between threads; benchmarks/RESULTS.md),
 and `pydataset` on the other backends.
 
+With augmentation (`augment`, `cnnlab.data.augment`) the batches always come from
+`pydataset`'s NumPy slices, each augmented as it is drawn, seeded by its index in the run.
+
 On TensorFlow every `tf.data` pipeline cnnlab hands to `model.fit`, the
 validation split's included, has autotuning off (`without_autotune`).
 
@@ -47,9 +50,10 @@ def epoch_orders(n: int, batch_size: int, steps: int, shuffle: bool, seed: int) 
 class BatchStream(keras.utils.PyDataset):
     """The batches of a run from arrays: NumPy (sliced on the host) or backend tensors (gathered by the backend)."""
 
-    def __init__(self, x, y, batch_size: int, steps: int, orders: np.ndarray, start: int = 0):
+    def __init__(self, x, y, batch_size: int, steps: int, orders: np.ndarray, start: int = 0, augment=None):
         super().__init__()
         self.x, self.y, self.batch_size, self.steps, self.orders = x, y, batch_size, steps, orders
+        self.augment = augment  # augment(x, i): the run's batch i augmented (`cnnlab.data.augment.Augmenter`)
         self.start = start  # item i is the run's batch start + i (a resumed run starts mid-order)
         self.per_epoch = math.ceil(len(x) / batch_size)
         self._on_backend = not isinstance(x, np.ndarray)
@@ -71,7 +75,7 @@ class BatchStream(keras.utils.PyDataset):
 
     def release(self) -> None:
         """Drop the arrays; a sweep worker runs many jobs and must not keep each one's data."""
-        self.x = self.y = self.orders = None
+        self.x = self.y = self.orders = self.augment = None
 
     def __getitem__(self, i: int):
         epoch, j = divmod(self.start + i, self.per_epoch)
@@ -79,6 +83,8 @@ class BatchStream(keras.utils.PyDataset):
         if self._on_backend:
             idx = keras.ops.convert_to_tensor(idx)
             return keras.ops.take(self.x, idx, axis=0), keras.ops.take(self.y, idx, axis=0)
+        if self.augment is not None:
+            return self.augment(self.x[idx], self.start + i), self.y[idx]
         return self.x[idx], self.y[idx]
 
 
@@ -134,13 +140,21 @@ def validation_input(x, y, batch_size: int = 500) -> dict:
 
 
 def training_batches(x, y, batch_size: int, steps: int, *, shuffle: bool = True, seed: int = 0,
-                     pipeline: str = "auto", start: int = 0):
+                     pipeline: str = "auto", start: int = 0, augment=None):
     """The run's batches from batch `start` on: `.fit_input` goes to `model.fit`; also `.per_epoch`, `.release()`.
 
-    `shuffle`, `seed` and `pipeline` are the `trainer` group's keys of those names.
+    `shuffle`, `seed` and `pipeline` are the `trainer` group's keys of those names; `augment`
+    the checked `augment` group (`cnnlab.data.augment.AugmentConfig`), None or no rows: none.
     """
     orders = epoch_orders(len(x), batch_size, steps, shuffle, seed)
     args = (batch_size, steps, orders, start)
+    if augment is not None and augment.rows:
+        from cnnlab.data.augment import Augmenter
+
+        value_range = (0.0, 1.0)
+        if any(kind == "contrast" for _, kind, _ in augment.rows) and len(x):
+            value_range = (min(0.0, float(np.min(x))), max(1.0, float(np.max(x))))  # normalized pixels: wider
+        return BatchStream(x, y, *args, augment=Augmenter(augment, seed, x.shape[1:], value_range))
     if pipeline == "auto":
         pipeline = "tensors" if keras.backend.backend() == "tensorflow" else "pydataset"
     if pipeline == "pydataset":

@@ -27,11 +27,13 @@ from pathlib import Path
 import numpy as np
 
 
-def serving_model(model, input_shape, raw_dtype: str, pixel_range: tuple[float, float], from_logits: bool):
+def serving_model(model, input_shape, raw_dtype: str, pixel_range: tuple[float, float], from_logits: bool,
+                  normalize=None):
     """`model` behind its input scaling ([lo, hi] → [0, 1]) and, for logits, a softmax.
 
     `raw_dtype` and `pixel_range` are the data set's: what its files hold, and the range the
-    pipeline mapped onto [0, 1] (`Data.raw_dtype`, `Data.pixel_range`).
+    pipeline mapped onto [0, 1] (`Data.raw_dtype`, `Data.pixel_range`); `normalize`, per-channel
+    (mean, std) applied after the scaling (`Data.normalize`, `dataset.normalize`).
     """
     from cnnlab.backend import keras
 
@@ -39,6 +41,9 @@ def serving_model(model, input_shape, raw_dtype: str, pixel_range: tuple[float, 
     raw = keras.Input(shape=tuple(input_shape), dtype=str(raw_dtype), name="image")
     # float32 explicitly: under a mixed-precision policy the network casts its own inputs
     x = keras.layers.Rescaling(1.0 / (hi - lo), offset=-lo / (hi - lo), dtype="float32", name="scale")(raw)
+    if normalize:
+        mean, std = (np.asarray(v, np.float32) for v in normalize)
+        x = keras.layers.Rescaling(1.0 / std, offset=-mean / std, dtype="float32", name="normalize")(x)
     x = model(x)
     if from_logits:
         x = keras.layers.Softmax(dtype="float32", name="probabilities")(x)
@@ -74,12 +79,17 @@ def requirements() -> list[str]:
     return out
 
 
-def save(model, path) -> Path:
-    """Write serving `model` as an MLflow model (Keras flavor + pyfunc) in the new folder `path`."""
+def save(model, path, class_names=None) -> Path:
+    """Write serving `model` as an MLflow model (Keras flavor + pyfunc) in the new folder `path`.
+
+    `class_names` (output i's name) go into the MLmodel file's metadata: `{"class_names": [...]}`.
+    """
     import mlflow.keras
 
     path = Path(path)
-    mlflow.keras.save_model(model, str(path), signature=signature(model), pip_requirements=requirements())
+    metadata = {"class_names": [str(c) for c in class_names]} if class_names else None
+    mlflow.keras.save_model(model, str(path), signature=signature(model), pip_requirements=requirements(),
+                            metadata=metadata)
     return path
 
 
@@ -92,10 +102,11 @@ def save_run_model(model, data, from_logits: bool) -> tuple[Path, dict[str, floa
     import shutil
 
     started, cpu = time.perf_counter(), time.process_time()
-    served = serving_model(model, data.x_test.shape[1:], data.raw_dtype, data.pixel_range, from_logits)
+    served = serving_model(model, data.x_test.shape[1:], data.raw_dtype, data.pixel_range, from_logits,
+                           getattr(data, "normalize", None))
     folder = Path(tempfile.mkdtemp(prefix="cnnlab-model-"))
     try:
-        save(served, folder)
+        save(served, folder, getattr(data, "class_names", None))
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)  # never a half-saved model left behind, or uploaded
         raise

@@ -55,6 +55,7 @@ class ModelRef:
     dtype: np.dtype  # e.g. uint8
     classes: int
     run: object | None  # mlflow.entities.Run that trained it; None for a registered model without one
+    class_names: list[str] | None = None  # output i's name, from the model's metadata (None: unnamed)
 
     @property
     def run_name(self) -> str:
@@ -82,7 +83,10 @@ def resolve(client, uri: str) -> ModelRef:
         raise ConfigError(KEY, f"{uri} has no single image tensor in and probabilities out in its signature "
                                "(not a model cnnlab logged)")
     shape, dtype = tuple(spec.inputs[0].shape[1:]), np.dtype(spec.inputs[0].type)
-    return ModelRef(uri, meta.model_id, shape, dtype, int(out.inputs[0].shape[-1]), run)
+    classes = int(out.inputs[0].shape[-1])
+    names = (meta.metadata or {}).get("class_names")
+    names = [str(c) for c in names] if isinstance(names, list) and len(names) == classes else None
+    return ModelRef(uri, meta.model_id, shape, dtype, classes, run, names)
 
 
 def source_run(client, kind: str, name: str, rest: str, uri: str):
@@ -140,7 +144,14 @@ def run_dataset(ref: ModelRef) -> DatasetConfig:
     if "name" not in params:
         who = f"run {ref.run.info.run_id} logged no dataset.* params" if ref.run else f"{ref.uri} has no source run"
         raise ConfigError("--dataset", f"not given, and {who}: name the data set, e.g. --dataset mnist")
-    return check_dataset({k: param_value(k, v) for k, v in params.items()}, "dataset")
+    values = {}
+    for k, v in params.items():  # a mapping was logged flat (normalize.mean, normalize.std): nest it again
+        head, _, rest = k.partition(".")
+        if rest:
+            values.setdefault(head, {})[rest] = param_value(rest, v)
+        else:
+            values[k] = param_value(k, v)
+    return check_dataset(values, "dataset")
 
 
 def param_value(key: str, text: str):

@@ -67,8 +67,8 @@ def confusion_counts(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     return matrix
 
 
-def confusion_matrix(matrix: np.ndarray, title: str, path) -> None:
-    """Plot a `confusion_counts` matrix with its counts written in the cells."""
+def confusion_matrix(matrix: np.ndarray, title: str, path, class_names=None) -> None:
+    """Plot a `confusion_counts` matrix with its counts written in the cells; axes labelled by `class_names`."""
     num_classes = len(matrix)
     fig = figure(figsize=(6, 5.5))
     ax = fig.subplots()
@@ -81,6 +81,10 @@ def confusion_matrix(matrix: np.ndarray, title: str, path) -> None:
                     color="white" if count > threshold else "black")
     ax.set(xlabel="predicted", ylabel="true", title=title,
            xticks=range(num_classes), yticks=range(num_classes))
+    if class_names and len(class_names) == num_classes and num_classes <= 50:
+        ax.set_xticklabels([str(c) for c in class_names], rotation=45 if max(map(len, class_names)) > 2 else 0,
+                           ha="right" if max(map(len, class_names)) > 2 else "center", fontsize=7)
+        ax.set_yticklabels([str(c) for c in class_names], fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import platform
@@ -325,6 +326,9 @@ def run_tags(run, data, overrides, choices, keras) -> dict[str, str]:
     return {
         "hydra.overrides": " ".join(overrides) or "(none)", **git_state(), **versions(),
         "keras.backend": keras.backend.backend(), "device": device_name(), "data.source": data.source,
+        **({"class_names": json.dumps(list(data.class_names))[:8000]} if getattr(data, "class_names", None) else {}),
+        **({"normalize": json.dumps({"mean": data.normalize[0], "std": data.normalize[1]})}
+           if getattr(data, "normalize", None) else {}),
         "dtype_policy": keras.config.dtype_policy().name,
         "model.params": str(run.arch.total_params),
         **({"job.cpus": str(job_cpus())} if job_cpus() else {}),  # the thread pools' size (cnnlab.threads)

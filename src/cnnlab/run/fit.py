@@ -214,7 +214,7 @@ def progress_mode(verbose) -> int:
 
 
 def fit(model, data, trainer: TrainerConfig, on_eval=None, check=None, start: int = 0, checkpoint_dir=None,
-        on_log=None) -> FitResult:
+        on_log=None, augment=None) -> FitResult:
     """Train a compiled model on `data` for the trainer's budget; never raises on divergence.
 
     `on_eval(step, metrics)` gets each evaluation (train and validation means over the
@@ -223,6 +223,7 @@ def fit(model, data, trainer: TrainerConfig, on_eval=None, check=None, start: in
     `start`: the step a restored model is at (`cnnlab.run.checkpoints`); training goes on from
     batch `start` with evaluations at the same steps as a run from 0. `checkpoint_dir`: where
     to checkpoint (`trainer.checkpoint_every`), also when a signal stops training.
+    `augment`: the `augment` group, applied to training batches only (`cnnlab.data.augment`).
     """
     from cnnlab.run import checkpoints
 
@@ -266,7 +267,8 @@ def fit(model, data, trainer: TrainerConfig, on_eval=None, check=None, start: in
             if first >= end or (first != start and model.stop_training):  # stopped in the first segment
                 break
             batches = training_batches(data.x_train, data.y_train, trainer.batch_size, steps, shuffle=trainer.shuffle,
-                                       seed=trainer.seed, pipeline=trainer.pipeline, start=first)
+                                       seed=trainer.seed, pipeline=trainer.pipeline, start=first,
+                                       augment=augment)
             model.fit(
                 batches.fit_input,
                 epochs=math.ceil(end / chunk) if end == steps else 1,

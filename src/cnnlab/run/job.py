@@ -115,9 +115,13 @@ def dry_run(cfg, run) -> None:
     """Print the resolved config and the shape table, build the Keras model, check that it agrees."""
     from omegaconf import OmegaConf
 
+    from cnnlab.data.datasets import describe_data
     from cnnlab.model.builder import build_model, shape_table, verify_model
 
     say(OmegaConf.to_yaml(OmegaConf.create(run.resolved)))  # secrets redacted
+    say(describe_data(run.dataset))  # split sizes, images per class: checked without decoding (DataError)
+    if run.augment is not None:
+        say(run.augment.describe())
     say(shape_table(run.arch))
     from cnnlab.model.memory import estimate
 

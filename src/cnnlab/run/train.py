@@ -147,7 +147,7 @@ def train_and_record(run, data, recorder, name: str, overrides, choices) -> dict
     else:
         on_eval = recorder.log_eval
     result = fit(model, data, run.trainer, on_eval=on_eval, check=recorder.check, start=start,
-                 checkpoint_dir=saves, on_log=recorder.log_eval)
+                 checkpoint_dir=saves, on_log=recorder.log_eval, augment=getattr(run, "augment", None))
     seconds = time.perf_counter() - started
     final, predicted, tags = {"initial_loss": diag["initial_loss"]}, None, {}
     if result.diverged:
@@ -173,7 +173,8 @@ def train_and_record(run, data, recorder, name: str, overrides, choices) -> dict
         figures = [(run_figures, folder, name, result.history, diag)]
         if predicted is not None:
             matrix = confusion_counts(data.y_test, predicted, run.dataset.num_classes)  # small to send
-            figures.append((confusion_matrix, matrix, f"{name}: test set", folder / "confusion_matrix.png"))
+            figures.append((confusion_matrix, matrix, f"{name}: test set", folder / "confusion_matrix.png",
+                            data.class_names))
         recorder.log_outputs(folder, figures)
         export = {}
         if predicted is not None and run.tracking.log_model:  # runs:/<id>/model, raw images in
