@@ -8,9 +8,9 @@ SQLite store made once before timing, as a user's store exists after their first
 alternately, each as a fresh process, and prints a Markdown table of medians
 and ratios (cnnlab / hand-written). Throughput is images/s over steps 2..N,
 validation excluded, measured by the same callback logic on both sides.
-CPU seconds are user + system time of the whole process tree (cnnlab's MLflow
-helper process and git calls included), read with getrusage(RUSAGE_CHILDREN)
-by the same small wrapper process on both sides.
+CPU seconds are user + system time of the whole process tree (git calls included;
+cnnlab's MLflow work runs on a thread of the run's process), read with
+getrusage(RUSAGE_CHILDREN) by the same small wrapper process on both sides.
 """
 
 from __future__ import annotations
@@ -44,8 +44,7 @@ def measured(cmd: list[str], env: dict) -> tuple[dict, float, float]:
     """timed() plus the command's peak RSS (MB) and CPU seconds (user + system, its whole process tree).
 
     A small wrapper process (the same for both sides) runs the command and reads
-    getrusage(RUSAGE_CHILDREN): every descendant that was waited for is in it, so
-    cnnlab's MLflow helper process counts (the training process waits for it).
+    getrusage(RUSAGE_CHILDREN): every descendant that was waited for is in it (git's calls).
     """
     wrapper = ("import resource, subprocess, sys;"
                "r = subprocess.run(sys.argv[1:]);"

@@ -216,8 +216,8 @@ def test_cli_reports_one_line_and_exits_2(tmp_path, args, names):
 OVERRIDE_MISTAKES = {  # Hydra's "+key" advice and the parser's token lists never reach the user
     "typo": ("trainer.step=100",
              "error: trainer.step: unknown key; did you mean 'steps'? (override 'trainer.step=100')"),
-    "double =": ("trainer.steps==100",
-                 "error: trainer.steps: unexpected '='; did you mean 'trainer.steps=100'? (override 'trainer.steps==100')"),
+    "double =": ("trainer.steps==100", "error: trainer.steps: unexpected '='; did you mean 'trainer.steps=100'? "
+                                       "(override 'trainer.steps==100')"),
     "layer argument": ("model.layers.conv1.fliters=3",
                        "error: model.layers.conv1.fliters: unknown key; did you mean 'filters'? "
                        "(override 'model.layers.conv1.fliters=3')"),
@@ -249,7 +249,8 @@ def test_override_mistakes_without_a_subprocess():
     assert unknown_key_message(composition_error("trainer.zzz=1")).startswith(
         "trainer.zzz: unknown key (known: steps, epochs, batch_size,")
     assert unknown_key_message(composition_error("model.layers.conv1.dilation_rate=2")) == (
-        "model.layers.conv1.dilation_rate: not set in the model's file; add it with '+model.layers.conv1.dilation_rate=2'")
+        "model.layers.conv1.dilation_rate: not set in the model's file; "
+        "add it with '+model.layers.conv1.dilation_rate=2'")
     conv9 = unknown_key_message(composition_error("model.layers.conv9.filters=3"))  # a layer name, also
     assert conv9.startswith("model.layers.conv9: unknown key; did you mean 'conv")
     assert conv9.endswith("(override 'model.layers.conv9.filters=3')")
@@ -282,7 +283,8 @@ def imported_modules(importtime_stderr: str) -> set[str]:
 
 
 CONFIG_ONLY = {
-    "rejected config": (["model.layers.conv1.padding=samee", "dry_run=true"], 2, "error: model.layers.conv1.padding: 'samee'"),
+    "rejected config": (["model.layers.conv1.padding=samee", "dry_run=true"], 2,
+                        "error: model.layers.conv1.padding: 'samee'"),
     "unparsable override": (["model.layers.conv1.filters=["], 2,
                             "error: model.layers.conv1.filters: cannot read the value at '[' "
                             "(override 'model.layers.conv1.filters=['; grammar: https://hydra.cc/"),

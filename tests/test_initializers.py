@@ -1,4 +1,4 @@
-"""Initial weights: reproducible per seed, distinct per layer, the statistics each scheme promises, roles and overrides."""
+"""Initial weights: reproducible per seed, distinct per layer, each scheme's promised statistics, roles, overrides."""
 
 from __future__ import annotations
 
@@ -234,7 +234,8 @@ def test_plain_distributions_default_to_unit_scale(keras, spec, low, high):
 
 
 def test_scheme_arguments_reach_keras(keras):
-    values = np.asarray(make_initializer(check_init({"scheme": "normal", "mean": 3.0, "stddev": 0.1}, "p"), 0)((50, 50)))
+    spec = check_init({"scheme": "normal", "mean": 3.0, "stddev": 0.1}, "p")
+    values = np.asarray(make_initializer(spec, 0)((50, 50)))
     assert abs(values.mean() - 3.0) < 0.02 and abs(values.std() - 0.1) < 0.01
     values = np.asarray(make_initializer(check_init({"scheme": "uniform", "minval": 2, "maxval": 4}, "p"), 0)((50, 50)))
     assert values.min() >= 2 and values.max() <= 4

@@ -69,8 +69,8 @@ def test_readme_first_hour_from_a_fresh_clone(clone):
     data_line = in_readme("export CNNLAB_DATA_DIR=/work/shared/datasets")
     if not Path("/work/shared/datasets/mnist.npz").is_file():
         data_line = f"export CNNLAB_DATA_DIR={shlex.quote(os.environ['CNNLAB_DATA_DIR'])}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CNNLAB_"))}  # (PYTEST_CURRENT_TEST stays:
-    # MLflow sends no telemetry from tests)
+    # (PYTEST_CURRENT_TEST stays: MLflow sends no telemetry from tests)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CNNLAB_"))}
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", PYTHONPATH=str(clone / "src"),
                TF_CPP_MIN_LOG_LEVEL="2")
 

@@ -65,7 +65,7 @@ def uninterrupted(tmp_path_factory) -> float:
 def check_resumed(folder: Path, run_id: str, whole_loss: float) -> None:
     out = run_cli(*OVERRIDES, store(folder), f"resume={run_id}")
     assert out.returncode == 0, out.stderr[-2000:]
-    assert run_id in out.stdout  # the same MLflow run, no new one
+    assert f"resuming MLflow run {run_id} at step " in out.stdout  # the same MLflow run, no new one
     runs = client(folder).search_runs([client(folder).get_experiment_by_name("cnnlab").experiment_id])
     assert [r.info.run_id for r in runs] == [run_id]
     run = runs[0]

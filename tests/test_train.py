@@ -230,9 +230,15 @@ def test_ctrl_c_ends_run_killed(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 130
-    assert "error: interrupted" in stderr and "Traceback" not in stderr
+    assert "Traceback" not in stderr
     _, found = runs(uri)
     assert [r.info.status for r in found] == ["KILLED"]
+    run_id, step = found[0].info.run_id, stderr.split(" is KILLED at step ")[-1].split(";")[0]
+    # the one line names the run, where it stopped and the command that continues it (the args as typed)
+    assert stderr.strip().splitlines()[-1] == (
+        f"error: interrupted (SIGINT); MLflow run {run_id} is KILLED at step {step}; continue it with: "
+        f"python run.py {' '.join(proc.args[2:])} resume={run_id}")
+    assert int(step) >= 5
 
 
 def test_hard_killed_training_process_leaves_no_running_run(tmp_path):

@@ -55,13 +55,24 @@ def exit_on_signals() -> None:
 
 
 def interrupted_message(e: KeyboardInterrupt) -> str:
+    """'interrupted (SIGINT): ...', naming the run that was ended KILLED and the command that continues it."""
     name = signal.Signals(getattr(e, "signum", signal.SIGINT)).name
-    return f"interrupted ({name}); the MLflow run (if any) is marked KILLED"
+    run_id = getattr(e, "run_id", None)
+    if not run_id:
+        return f"interrupted ({name}); no MLflow run was started"
+    step = getattr(e, "resumable_at", None)
+    if step is None:
+        return f"interrupted ({name}); MLflow run {run_id} is KILLED (no checkpoint yet: nothing to resume from)"
+    import shlex
+
+    again = [a for a in sys.argv[1:] if not a.startswith("resume=")]
+    command = " ".join(["python", "run.py", *map(shlex.quote, again), f"resume={run_id}"])
+    return f"interrupted ({name}); MLflow run {run_id} is KILLED at step {step}; continue it with: {command}"
 
 
 def _exit_at_once(signum, frame):
     """A signal while the process is already on its way out: no cleanup left worth a traceback."""
-    os.write(2, f"error: {interrupted_message(Interrupted(signum))}\n".encode())
+    os.write(2, f"error: interrupted ({signal.Signals(signum).name}) again while stopping\n".encode())
     os._exit(128 + signum)
 
 

@@ -104,7 +104,8 @@ def runs_url(base: str, experiment_id: str | None, share_key: str | None = None)
     """
     if not experiment_id:
         return f"{base}/#/experiments?{VIEW}"
-    return f"{base}/#/experiments/{experiment_id}/runs?{VIEW}" + (f"&viewStateShareKey={share_key}" if share_key else "")
+    shared = f"&viewStateShareKey={share_key}" if share_key else ""
+    return f"{base}/#/experiments/{experiment_id}/runs?{VIEW}{shared}"
 
 
 def share_columns(base: str, experiment_id: str) -> str | None:

@@ -71,8 +71,8 @@ class AugmentConfig:
 
 
 def check_augment(cfg, path: str = "augment") -> AugmentConfig:
-    d = check_fields(cfg if cfg is not None else {}, {"name": Field(string, "custom"), "layers": Field(lambda v, _: v, {})},
-                     path)
+    spec = {"name": Field(string, "custom"), "layers": Field(lambda v, _: v, {})}
+    d = check_fields(cfg if cfg is not None else {}, spec, path)
     layers = d["layers"] or {}
     if not isinstance(layers, dict):
         raise ConfigError(f"{path}.layers", f"expected a mapping of named rows, got {show(layers)}")

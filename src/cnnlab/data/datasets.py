@@ -106,7 +106,8 @@ class DatasetConfig:
     # dataset=folder only (cnnlab.data.folder)
     test_split: float = rule(fraction, 0.2)  # without DIR/test: this fraction of each class is the test split
     split_seed: int = rule(integer, 0)  # seeds that split and the training images' order (so val is a random sample)
-    cache_dir: str | None = rule(optional(string), None)  # the decoded cache; null: $CNNLAB_CACHE_DIR, else ~/.cache/cnnlab
+    # the decoded cache; null: $CNNLAB_CACHE_DIR, else ~/.cache/cnnlab
+    cache_dir: str | None = rule(optional(string), None)
     # inside the model, after the scaling to [0, 1]: (x - mean) / std per channel
     normalize: str | dict | None = rule(normalize_rule, None)
 
@@ -214,7 +215,8 @@ def load_raw(spec: DatasetConfig) -> Data:
         names = tuple(names)
     else:
         path = data_file(spec)
-        arrays, source = (_read_npz(path, spec), str(path)) if path else (_download(spec), f"keras.datasets.{spec.name}")
+        arrays, source = (_read_npz(path, spec), str(path)) if path else \
+            (_download(spec), f"keras.datasets.{spec.name}")
     key = _source_key(spec)
     x_train, y_train = check_raw_split(arrays[0], arrays[1], "train", spec, source, key)
     x_test, y_test = check_raw_split(arrays[2], arrays[3], "test", spec, source, key)
@@ -283,10 +285,12 @@ def _read_npz(path: Path, spec: DatasetConfig):
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in KEYS if k not in f.files]
             if missing:
-                raise DataError(key, f"{path} lacks the array(s) {', '.join(missing)} (Keras layout: {', '.join(KEYS)})")
+                raise DataError(key, f"{path} lacks the array(s) {', '.join(missing)} "
+                                     f"(Keras layout: {', '.join(KEYS)})")
             return tuple(f[k] for k in KEYS)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(key, f"{path} is not a readable .npz file ({type(e).__name__}: {e}); {_where_hint(spec)}") from None
+        raise DataError(key, f"{path} is not a readable .npz file ({type(e).__name__}: {e}); "
+                             f"{_where_hint(spec)}") from None
 
 
 def _download(spec: DatasetConfig):
@@ -334,7 +338,8 @@ def npz_shapes(path: Path, spec: DatasetConfig) -> dict[str, tuple[int, ...]]:
             names = set(z.namelist())
             missing = [k for k in KEYS if f"{k}.npy" not in names]
             if missing:
-                raise DataError(key, f"{path} lacks the array(s) {', '.join(missing)} (Keras layout: {', '.join(KEYS)})")
+                raise DataError(key, f"{path} lacks the array(s) {', '.join(missing)} "
+                                     f"(Keras layout: {', '.join(KEYS)})")
             shapes = {}
             for k in KEYS:
                 with z.open(f"{k}.npy") as f:
@@ -343,7 +348,8 @@ def npz_shapes(path: Path, spec: DatasetConfig) -> dict[str, tuple[int, ...]]:
                     shapes[k] = read(f)[0]
             return shapes
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(key, f"{path} is not a readable .npz file ({type(e).__name__}: {e}); {_where_hint(spec)}") from None
+        raise DataError(key, f"{path} is not a readable .npz file ({type(e).__name__}: {e}); "
+                             f"{_where_hint(spec)}") from None
 
 
 def describe_data(spec: DatasetConfig) -> str:

@@ -105,8 +105,11 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
     except BaseException as e:
         if isinstance(e, ConfigError):  # e.g. a store that refused a write: this run records the failure
             e.run_id = recorder.run_id
-        if isinstance(e, KeyboardInterrupt) and recorder.run_id and latest(checkpoint_folder(run, recorder)):
-            recorder.tag({"resumable": "true"})  # python run.py <same overrides> resume=<run_id>
+        if isinstance(e, KeyboardInterrupt) and recorder.run_id:  # the interrupt's line names the run
+            e.run_id = recorder.run_id
+            e.resumable_at = (latest(checkpoint_folder(run, recorder)) or {}).get("step")
+            if e.resumable_at is not None:
+                recorder.tag({"resumable": "true"})  # python run.py <same overrides> resume=<run_id>
         recorder.end_anyway("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", e)
         release_keras_state()  # also for a single run: a stopped input pipeline could block the exit
         raise
@@ -139,6 +142,8 @@ def train_and_record(run, data, recorder, name: str, overrides, choices) -> dict
     start = restore(model, saves)["step"] if run.resume else 0
     if run.resume:
         recorder.tag({"resumed_from_step": str(start), "resumable": "false"})
+        say(f"{name}: resuming MLflow run {recorder.run_id} at step {start} of "
+            f"{total_steps(run.trainer, len(data.x_train))}")
 
     started = time.perf_counter()
     if run.trainer.log_every:  # train metrics come every log_every steps: evaluations add validation only
