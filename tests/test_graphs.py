@@ -295,8 +295,9 @@ def test_a_block_expands_in_place_and_its_instance_name_is_its_output():
         ({"filters": 4, "block": "rse"}, "model.layers.r.block", "unknown block 'rse'; did you mean 'res'?"),
         ({"filters": 5}, "model.layers.r_add.inputs",
          "add needs inputs of one shape but r_conv gives (None, 8, 8, 5) and stem gives (None, 8, 8, 4)"),
+        ({"filters": 4, "inputs": "flat"}, "model.layers.r.inputs", "'flat' is defined after 'r'"),
     ],
-    ids=["unknown_param", "missing_param", "unknown_block", "mismatch_inside"],
+    ids=["unknown_param", "missing_param", "unknown_block", "mismatch_inside", "later_instance_input"],
 )
 def test_block_errors_name_the_instance_or_expanded_layer(instance, path, message):
     layers = {"stem": {"type": "conv2d", "filters": 4, "kernel_size": 1},

@@ -58,6 +58,8 @@ class Entry:
     inputs: list[str] | None  # names as written (None: the layer before it); inside a block: already resolved
     path: str  # where errors about it point
     block: str | None = None  # the instance it comes from
+    inputs_path: str | None = None  # where errors about its inputs point, when not `<path>.inputs`
+    owner: str | None = None  # the name errors about its inputs give (a block instance), when not `name`
 
 
 def input_names(v, path: str) -> list[str] | None:
@@ -187,7 +189,10 @@ def _instance(name: str, values: dict, blocks: dict, previous: str, path: str) -
         body = {k: v for k, v in lvalues.items() if k != "inputs"}
         body = _substitute(body, params, bname, lpath)
         full = f"{name}_{lname}"
-        entries.append(Entry(full, body, inputs, f"{path}.{full}", block=name))
+        entry = Entry(full, body, inputs, f"{path}.{full}", block=name)
+        if block_input[0] in inputs and "inputs" in values:  # an error about it is about the instance's `inputs`
+            entry.inputs_path, entry.owner = f"{ipath}.inputs", name
+        entries.append(entry)
         local[lname] = full
         prev = full
     return entries

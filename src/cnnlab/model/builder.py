@@ -84,19 +84,20 @@ def _resolve_inputs(e, defined: dict, aliases: dict, later: set, removed: set, p
     if e.inputs is None:
         return [previous]
     out = []
+    name = e.owner or e.name
     for w in e.inputs:
         target = aliases.get(w, w)
         if target == "input" or target in defined:
             out.append(target)
             continue
-        where = f"{e.path}.inputs"
-        if target == e.name or w == e.name:
-            raise ConfigError(where, f"{e.name!r} cannot take its own output: an input must be a layer defined earlier")
+        where = e.inputs_path or f"{e.path}.inputs"
+        if w == name:
+            raise ConfigError(where, f"{name!r} cannot take its own output: an input must be a layer defined earlier")
         if w in later or target in later:
-            raise ConfigError(where, f"{w!r} is defined after {e.name!r}: an input must be a layer defined earlier "
+            raise ConfigError(where, f"{w!r} is defined after {name!r}: an input must be a layer defined earlier "
                                      "in the mapping (no cycles)")
         if w in removed:
-            raise ConfigError(where, f"{w!r} was removed (null), so {e.name!r} cannot take it")
+            raise ConfigError(where, f"{w!r} was removed (null), so {name!r} cannot take it")
         known = [*defined, *(a for a, t in aliases.items() if t in defined)]
         raise ConfigError(where, f"{w!r} is not a layer of the model{closest(w, known)}")
     return out
