@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import CONF_DIR
 from omegaconf import OmegaConf
 
 from cnnlab.config.schema import check_config
@@ -16,7 +17,6 @@ from cnnlab.model.blocks import expand
 from cnnlab.model.builder import build_model, check_model, shape_table, verify_model
 from cnnlab.model.initializers import layer_seed, make_initializer
 from cnnlab.model.memory import estimate
-from conftest import CONF_DIR
 
 INIT = {"hidden": {"scheme": "he_normal"}, "output": {"scheme": "glorot_uniform"}, "bias": {"scheme": "zeros"}}
 
@@ -290,7 +290,8 @@ def test_a_block_expands_in_place_and_its_instance_name_is_its_output():
 @pytest.mark.parametrize(
     "instance,path,message",
     [
-        ({"filters": 4, "filter": 2}, "model.layers.r.filter", "not a parameter of block 'res'; did you mean 'filters'?"),
+        ({"filters": 4, "filter": 2}, "model.layers.r.filter",
+         "not a parameter of block 'res'; did you mean 'filters'?"),
         ({}, "model.layers.r.filters", "is required but missing (a parameter of block 'res')"),
         ({"filters": 4, "block": "rse"}, "model.layers.r.block", "unknown block 'rse'; did you mean 'res'?"),
         ({"filters": 5}, "model.layers.r_add.inputs",

@@ -91,17 +91,19 @@ def check_blocks(blocks, path: str) -> dict:
             raise ConfigError(bpath, f"expected a mapping with 'params' and 'layers', got {show(block)}")
         for key in block:
             if key not in ("params", "layers", "description"):
-                raise ConfigError(f"{bpath}.{key}",
-                                  f"unknown key{closest(key, ['params', 'layers'])} (known: params, layers, description)")
+                hint = closest(key, ["params", "layers"])
+                raise ConfigError(f"{bpath}.{key}", f"unknown key{hint} (known: params, layers, description)")
         params = block.get("params") or {}
         if not isinstance(params, dict):
-            raise ConfigError(f"{bpath}.params", f"expected a mapping of parameter names to defaults, got {show(params)}")
+            raise ConfigError(f"{bpath}.params",
+                              f"expected a mapping of parameter names to defaults, got {show(params)}")
         for p in params:
             if p in INSTANCE_KEYS:
                 raise ConfigError(f"{bpath}.params.{p}", f"{p!r} is taken by the instance itself; rename the parameter")
         layers = block.get("layers")
         if not isinstance(layers, dict) or not layers:
-            raise ConfigError(f"{bpath}.layers", f"expected a non-empty mapping of layer names to layers, got {show(layers)}")
+            raise ConfigError(f"{bpath}.layers",
+                              f"expected a non-empty mapping of layer names to layers, got {show(layers)}")
         for lname, values in layers.items():
             lpath = f"{bpath}.layers.{lname}"
             _check_name(lname, lpath)
