@@ -85,6 +85,7 @@ def _resolve_inputs(e, defined: dict, aliases: dict, later: set, removed: set, p
         return [previous]
     out = []
     name = e.owner or e.name
+    shown = f"{show(e.inputs)}: " if len(e.inputs) > 1 else ""  # the value as written, when it is a list
     for w in e.inputs:
         target = aliases.get(w, w)
         if target == "input" or target in defined:
@@ -92,14 +93,14 @@ def _resolve_inputs(e, defined: dict, aliases: dict, later: set, removed: set, p
             continue
         where = e.inputs_path or f"{e.path}.inputs"
         if w == name:
-            raise ConfigError(where, f"{name!r} cannot take its own output: an input must be a layer defined earlier")
+            raise ConfigError(where, f"{shown}{name!r} cannot take its own output: an input must be a layer defined earlier")
         if w in later or target in later:
-            raise ConfigError(where, f"{w!r} is defined after {name!r}: an input must be a layer defined earlier "
+            raise ConfigError(where, f"{shown}{w!r} is defined after {name!r}: an input must be a layer defined earlier "
                                      "in the mapping (no cycles)")
         if w in removed:
-            raise ConfigError(where, f"{w!r} was removed (null), so {name!r} cannot take it")
+            raise ConfigError(where, f"{shown}{w!r} was removed (null), so {name!r} cannot take it")
         known = [*defined, *(a for a, t in aliases.items() if t in defined)]
-        raise ConfigError(where, f"{w!r} is not a layer of the model{closest(w, known)}")
+        raise ConfigError(where, f"{shown}{w!r} is not a layer of the model{closest(w, known)}")
     return out
 
 
@@ -150,7 +151,10 @@ def check_model(model_cfg, init_cfg, path: str = "model", init_path: str = "init
                 raise ConfigError(f"{layer_path}.inputs", f"{kind.name} joins two or more layers: list them, "
                                                           f"e.g. inputs: [{previous}, <another layer>]")
             shape_in = [shapes[i] for i in inputs]
-            kind.check_inputs(shape_in, layer_path, sources)
+            try:
+                kind.check_inputs(shape_in, layer_path, sources)
+            except ConfigError as err:  # lead with the value as written: `inputs: [a, b]`
+                raise ConfigError(err.path, f"{show(e.inputs)}: {err.message}") from None
         else:
             if len(inputs) != 1:
                 raise ConfigError(f"{layer_path}.inputs", f"{kind.name} takes one input but gets {len(inputs)} "
