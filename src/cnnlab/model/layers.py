@@ -6,6 +6,8 @@ computed here in pure Python, with TensorFlow's rules, so that a config is
 checked before tensorflow is imported. Keras is only touched in `build`.
 
 Shapes exclude the batch axis: (28, 28, 1) means a (None, 28, 28, 1) tensor.
+A merging kind (`merges = True`: add, multiply, concat) takes a list of inputs:
+`check_inputs` compares their shapes and `output_shape` gets the list.
 
 Example:
     >>> kind = LAYER_KINDS["conv2d"]
