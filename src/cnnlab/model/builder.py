@@ -85,7 +85,7 @@ def _resolve_inputs(e, defined: dict, aliases: dict, later: set, removed: set, p
         return [previous]
     out = []
     name = e.owner or e.name
-    shown = f"{show(e.inputs)}: " if len(e.inputs) > 1 else ""  # the value as written, when it is a list
+    shown = f"{show(e.inputs)}: " if len(e.inputs) > 1 and not e.owner else ""  # the list as written
     for w in e.inputs:
         target = aliases.get(w, w)
         if target == "input" or target in defined:
@@ -93,10 +93,11 @@ def _resolve_inputs(e, defined: dict, aliases: dict, later: set, removed: set, p
             continue
         where = e.inputs_path or f"{e.path}.inputs"
         if w == name:
-            raise ConfigError(where, f"{shown}{name!r} cannot take its own output: an input must be a layer defined earlier")
+            raise ConfigError(where, f"{shown}{name!r} cannot take its own output: an input must be a layer "
+                                     "defined earlier")
         if w in later or target in later:
-            raise ConfigError(where, f"{shown}{w!r} is defined after {name!r}: an input must be a layer defined earlier "
-                                     "in the mapping (no cycles)")
+            raise ConfigError(where, f"{shown}{w!r} is defined after {name!r}: an input must be a layer defined "
+                                     "earlier in the mapping (no cycles)")
         if w in removed:
             raise ConfigError(where, f"{shown}{w!r} was removed (null), so {name!r} cannot take it")
         known = [*defined, *(a for a, t in aliases.items() if t in defined)]
