@@ -237,53 +237,6 @@ class Conv2D(_Conv):
         )
 
 
-@register("separable_conv2d")
-class SeparableConv2D(_Conv):
-    """Keras's SeparableConv2D: a depthwise k×k convolution, then a pointwise 1×1 one.
-
-    Both kernels take the layer's init (by role, or its own `init:`), each from its own seeded instance.
-    """
-
-    args = {"filters": Field(positive_int), "depth_multiplier": Field(positive_int, 1), **_Conv.args}
-    kernel_slots = (0, 2)
-
-    def param_count(self, shape, args):
-        kh, kw = args["kernel_size"]
-        mid = shape[2] * args["depth_multiplier"]
-        return kh * kw * mid + mid * args["filters"] + (args["filters"] if args["use_bias"] else 0)
-
-    def keras_layer(self, keras, name, args, pad, kernel_init, bias_init):
-        depthwise, pointwise = kernel_init or (None, None)
-        return keras.layers.SeparableConv2D(
-            args["filters"], args["kernel_size"], strides=args["strides"], padding=pad,
-            depth_multiplier=args["depth_multiplier"], dilation_rate=args["dilation_rate"],
-            activation=args["activation"], use_bias=args["use_bias"], depthwise_initializer=depthwise,
-            pointwise_initializer=pointwise, bias_initializer=bias_init, name=name,
-        )
-
-
-@register("depthwise_conv2d")
-class DepthwiseConv2D(_Conv):
-    """Keras's DepthwiseConv2D: one k×k filter per input channel (× depth_multiplier); channels = in × multiplier."""
-
-    args = {"depth_multiplier": Field(positive_int, 1), **_Conv.args}
-
-    def channels(self, shape, args):
-        return shape[2] * args["depth_multiplier"]
-
-    def param_count(self, shape, args):
-        kh, kw = args["kernel_size"]
-        out = shape[2] * args["depth_multiplier"]
-        return kh * kw * out + (out if args["use_bias"] else 0)
-
-    def keras_layer(self, keras, name, args, pad, kernel_init, bias_init):
-        return keras.layers.DepthwiseConv2D(
-            args["kernel_size"], strides=args["strides"], padding=pad, depth_multiplier=args["depth_multiplier"],
-            dilation_rate=args["dilation_rate"], activation=args["activation"], use_bias=args["use_bias"],
-            depthwise_initializer=kernel_init, bias_initializer=bias_init, name=name,
-        )
-
-
 def _as_given(pair: tuple[int, int]):
     """Show (3, 3) back as 3, the way the user most likely wrote it."""
     return pair[0] if pair[0] == pair[1] else list(pair)
@@ -422,6 +375,56 @@ class Activation(LayerKind):
         from cnnlab.backend import keras
 
         return [keras.layers.Activation(args["activation"], name=name)]
+
+
+# --- depthwise and separable convolutions (conv2d's window rules) ---------------------------------------------
+
+
+@register("separable_conv2d")
+class SeparableConv2D(_Conv):
+    """Keras's SeparableConv2D: a depthwise k×k convolution, then a pointwise 1×1 one.
+
+    Both kernels take the layer's init (by role, or its own `init:`), each from its own seeded instance.
+    """
+
+    args = {"filters": Field(positive_int), "depth_multiplier": Field(positive_int, 1), **_Conv.args}
+    kernel_slots = (0, 2)
+
+    def param_count(self, shape, args):
+        kh, kw = args["kernel_size"]
+        mid = shape[2] * args["depth_multiplier"]
+        return kh * kw * mid + mid * args["filters"] + (args["filters"] if args["use_bias"] else 0)
+
+    def keras_layer(self, keras, name, args, pad, kernel_init, bias_init):
+        depthwise, pointwise = kernel_init or (None, None)
+        return keras.layers.SeparableConv2D(
+            args["filters"], args["kernel_size"], strides=args["strides"], padding=pad,
+            depth_multiplier=args["depth_multiplier"], dilation_rate=args["dilation_rate"],
+            activation=args["activation"], use_bias=args["use_bias"], depthwise_initializer=depthwise,
+            pointwise_initializer=pointwise, bias_initializer=bias_init, name=name,
+        )
+
+
+@register("depthwise_conv2d")
+class DepthwiseConv2D(_Conv):
+    """Keras's DepthwiseConv2D: one k×k filter per input channel (× depth_multiplier); channels = in × multiplier."""
+
+    args = {"depth_multiplier": Field(positive_int, 1), **_Conv.args}
+
+    def channels(self, shape, args):
+        return shape[2] * args["depth_multiplier"]
+
+    def param_count(self, shape, args):
+        kh, kw = args["kernel_size"]
+        out = shape[2] * args["depth_multiplier"]
+        return kh * kw * out + (out if args["use_bias"] else 0)
+
+    def keras_layer(self, keras, name, args, pad, kernel_init, bias_init):
+        return keras.layers.DepthwiseConv2D(
+            args["kernel_size"], strides=args["strides"], padding=pad, depth_multiplier=args["depth_multiplier"],
+            dilation_rate=args["dilation_rate"], activation=args["activation"], use_bias=args["use_bias"],
+            depthwise_initializer=kernel_init, bias_initializer=bias_init, name=name,
+        )
 
 
 # --- merging kinds: several inputs (`inputs: [a, b, ...]`) → one output ------------------------------------------
