@@ -303,6 +303,23 @@ PARAM_MODELS = {
         "conv": {"type": "conv2d", "filters": 8, "kernel_size": 2, "strides": 2},
         "gmp": {"type": "global_max_pool"},
     }),
+    "graph": ((10, 11, 3), {  # merging kinds take `inputs`; separable/depthwise share conv2d's window rules
+        "sep": {"type": "separable_conv2d", "filters": 6, "kernel_size": 3, "padding": "same", "activation": "relu"},
+        "sep_mult": {"type": "separable_conv2d", "filters": 6, "kernel_size": [3, 2], "strides": 2,
+                     "depth_multiplier": 2, "padding": [[1, 0], [0, 1]], "use_bias": False},
+        "dw": {"type": "depthwise_conv2d", "kernel_size": 3, "padding": "same", "inputs": "sep"},
+        "dw_mult": {"type": "depthwise_conv2d", "kernel_size": 3, "depth_multiplier": 2, "dilation_rate": 2,
+                    "use_bias": False, "inputs": "input"},
+        "proj": {"type": "conv2d", "filters": 6, "kernel_size": 1, "inputs": "dw_mult"},
+        "add": {"type": "add", "inputs": ["sep", "dw"]},
+        "mul": {"type": "multiply", "inputs": ["add", "sep"]},
+        "pool": {"type": "max_pool", "pool_size": 2, "padding": "same"},
+        "cat": {"type": "concat", "inputs": ["pool", "sep_mult"]},
+        "gap": {"type": "global_avg_pool"},
+        "gap2": {"type": "global_max_pool", "inputs": "proj"},
+        "cat_flat": {"type": "concat", "inputs": ["gap", "gap2"]},
+        "out": {"type": "dense", "units": 3},
+    }),
 }
 
 
@@ -327,6 +344,12 @@ def test_param_count_hand_values():
     assert params["bn"] == 4 * 5
     assert params["conv_pad"] == 3 * 2 * 5 * 6 + 6
     assert params["out"] == 7 * 3
+    params = {r.name: r for r in arch_of(PARAM_MODELS["graph"][1], (10, 11, 3)).rows}
+    assert params["sep"].params == 3 * 3 * 3 + 3 * 6 + 6  # depthwise 3×3 per channel, pointwise 3→6, bias
+    assert params["sep_mult"].params == 3 * 2 * 6 * 2 + 6 * 2 * 6  # depth_multiplier 2 on 6 channels, no bias
+    assert params["dw"].params == 3 * 3 * 6 + 6 and params["dw"].output_shape == (10, 11, 6)
+    assert params["dw_mult"].output_shape == (6, 7, 6)  # 3 channels × 2; dilated 3×3 → 5×5 window, valid
+    assert params["cat"].output_shape == (5, 6, 12) and params["cat_flat"].output_shape == (18,)
 
 
 def test_param_models_cover_every_layer_kind():

@@ -10,7 +10,7 @@ from cnnlab.run.train import train
 from cnnlab.schema import check_config
 
 
-@pytest.mark.parametrize("model", ["ltfn5", "lenet5", "allconv", "tiny"])
+@pytest.mark.parametrize("model", ["ltfn5", "lenet5", "allconv", "tiny", "resnet20", "resmnist", "sepnet"])
 @pytest.mark.parametrize("dataset,shape", [("cifar10", (32, 32, 3)), ("fashion_mnist", (28, 28, 1))])
 def test_every_shipped_model_fits_every_data_set(compose, model, dataset, shape):
     run = check_config(compose(f"model={model}", f"dataset={dataset}"))

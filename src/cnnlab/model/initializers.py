@@ -83,11 +83,13 @@ def check_init(spec, path: str) -> dict:
         known = ", ".join([*SCHEMES, *ALIASES])
         raise ConfigError(
             f"{path}.scheme",
-            f"unknown init scheme {show(spec['scheme'])}{closest(spec['scheme'], [*SCHEMES, *ALIASES])} (known: {known})",
+            f"unknown init scheme {show(spec['scheme'])}{closest(spec['scheme'], [*SCHEMES, *ALIASES])} "
+            f"(known: {known})",
         )
     args = check_fields({k: v for k, v in spec.items() if k != "scheme"}, SCHEMES[name].args, path)
     if name == "uniform" and args["minval"] >= args["maxval"]:
-        raise ConfigError(f"{path}.maxval", f"{show(args['maxval'])} must be greater than minval {show(args['minval'])}")
+        raise ConfigError(f"{path}.maxval",
+                          f"{show(args['maxval'])} must be greater than minval {show(args['minval'])}")
     return {"scheme": name, **args}
 
 
@@ -111,8 +113,12 @@ def describe(spec: dict) -> str:
 
 
 def layer_seed(run_seed: int, position: int, slot: int) -> int:
-    """A distinct, reproducible seed per (run, layer position, kernel=0 / bias=1)."""
-    return (run_seed * 1_000_003 + 2 * position + slot) % (2**31 - 1)
+    """A distinct, reproducible seed per (run, layer position, kernel=0 / bias=1 / second kernel=2).
+
+    Slot 2 (a separable convolution's pointwise kernel) is shifted far away so that it meets no
+    other layer's slot 0 or 1; slots 0 and 1 give the seeds they always gave.
+    """
+    return (run_seed * 1_000_003 + 2 * position + slot % 2 + (slot // 2) * 1_073_741_789) % (2**31 - 1)
 
 
 def make_initializer(spec: dict, seed: int):

@@ -6,6 +6,8 @@ computed here in pure Python, with TensorFlow's rules, so that a config is
 checked before tensorflow is imported. Keras is only touched in `build`.
 
 Shapes exclude the batch axis: (28, 28, 1) means a (None, 28, 28, 1) tensor.
+A merging kind (`merges = True`: add, multiply, concat) takes a list of inputs:
+`check_inputs` compares their shapes and `output_shape` gets the list.
 
 Example:
     >>> kind = LAYER_KINDS["conv2d"]
@@ -104,7 +106,9 @@ class LayerKind:
     name: str = ""
     args: dict[str, Field] = {}
     has_kernel = False  # gets an initializer by role (hidden / output)
+    kernel_slots = (0,)  # seed slots of its kernels: one initializer instance each (separable: depthwise, pointwise)
     needs = None  # None: any input; 3: (h, w, c); 1: (features,)
+    merges = False  # True: takes a list of >= 2 inputs (`add`, `concat`, ...) and `output_shape` gets their shapes
 
     def check_args(self, values: dict, path: str) -> dict:
         values = {k: v for k, v in values.items() if k != "type"}
@@ -119,7 +123,8 @@ class LayerKind:
         if self.needs == 3 and len(shape) != 3:
             raise ConfigError(
                 path,
-                f"{self.name} needs a (batch, height, width, channels) input but receives {_batch(shape)} from {source}",
+                f"{self.name} needs a (batch, height, width, channels) input but receives {_batch(shape)} "
+                f"from {source}",
             )
         if self.needs == 1 and len(shape) != 1:
             raise ConfigError(
@@ -135,7 +140,11 @@ class LayerKind:
         return 0
 
     def build(self, name: str, args: dict, kernel_init=None, bias_init=None) -> list:
-        """The Keras layer(s) for this config layer; the last one carries `name`."""
+        """The Keras layer(s) for this config layer; the last one carries `name`.
+
+        Applied in order to the layer's input (for a merging kind: to the list of its inputs).
+        With several `kernel_slots`, `kernel_init` is a tuple of initializers, one per slot.
+        """
         raise NotImplementedError
 
 
@@ -156,7 +165,8 @@ def register(name: str):
 def layer_kind(type_: Any, path: str) -> LayerKind:
     if not isinstance(type_, str) or type_ not in LAYER_KINDS:
         known = ", ".join(LAYER_KINDS)
-        raise ConfigError(f"{path}.type", f"unknown layer type {show(type_)}{closest(type_, LAYER_KINDS)} (known: {known})")
+        raise ConfigError(f"{path}.type",
+                          f"unknown layer type {show(type_)}{closest(type_, LAYER_KINDS)} (known: {known})")
     return LAYER_KINDS[type_]
 
 
@@ -164,10 +174,10 @@ def layer_kind(type_: Any, path: str) -> LayerKind:
 INIT_ARGS = {"init": Field(optional(check_init), None), "bias_init": Field(optional(check_init), None)}
 
 
-@register("conv2d")
-class Conv2D(LayerKind):
+class _Conv(LayerKind):
+    """Shared by conv2d, separable_conv2d and depthwise_conv2d: window, strides, padding, dilation."""
+
     args = {
-        "filters": Field(positive_int),
         "kernel_size": Field(positive_pair),
         "strides": Field(positive_pair, (1, 1)),
         "padding": Field(padding, "valid"),
@@ -187,17 +197,19 @@ class Conv2D(LayerKind):
                 f"{show(list(args['strides']))} (Keras allows one of them > 1, not both)",
             )
 
+    def channels(self, shape, args) -> int:
+        return args["filters"]
+
     def output_shape(self, shape, args, path):
         windows = tuple(d * (k - 1) + 1 for k, d in zip(args["kernel_size"], args["dilation_rate"]))
         shown = _as_given(args["kernel_size"])
         if windows != args["kernel_size"]:
             shown = f"{show(shown)} (dilated to {show(_as_given(windows))})"
         h, w = spatial_output(shape, windows, args["strides"], args["padding"], path, "kernel_size", shown)
-        return (h, w, args["filters"])
+        return (h, w, self.channels(shape, args))
 
-    def param_count(self, shape, args):
-        kh, kw = args["kernel_size"]
-        return kh * kw * shape[2] * args["filters"] + (args["filters"] if args["use_bias"] else 0)
+    def keras_layer(self, keras, name, args, pad, kernel_init, bias_init):
+        raise NotImplementedError
 
     def build(self, name, args, kernel_init=None, bias_init=None):
         from cnnlab.backend import keras
@@ -207,14 +219,24 @@ class Conv2D(LayerKind):
         if not isinstance(pad, str):
             layers.append(keras.layers.ZeroPadding2D(padding=pad, name=f"{name}_pad"))
             pad = "valid"
-        layers.append(
-            keras.layers.Conv2D(
-                args["filters"], args["kernel_size"], strides=args["strides"], padding=pad,
-                dilation_rate=args["dilation_rate"], activation=args["activation"], use_bias=args["use_bias"],
-                kernel_initializer=kernel_init, bias_initializer=bias_init, name=name,
-            )
-        )
+        layers.append(self.keras_layer(keras, name, args, pad, kernel_init, bias_init))
         return layers
+
+
+@register("conv2d")
+class Conv2D(_Conv):
+    args = {"filters": Field(positive_int), **_Conv.args}
+
+    def param_count(self, shape, args):
+        kh, kw = args["kernel_size"]
+        return kh * kw * shape[2] * args["filters"] + (args["filters"] if args["use_bias"] else 0)
+
+    def keras_layer(self, keras, name, args, pad, kernel_init, bias_init):
+        return keras.layers.Conv2D(
+            args["filters"], args["kernel_size"], strides=args["strides"], padding=pad,
+            dilation_rate=args["dilation_rate"], activation=args["activation"], use_bias=args["use_bias"],
+            kernel_initializer=kernel_init, bias_initializer=bias_init, name=name,
+        )
 
 
 def _as_given(pair: tuple[int, int]):
@@ -355,3 +377,131 @@ class Activation(LayerKind):
         from cnnlab.backend import keras
 
         return [keras.layers.Activation(args["activation"], name=name)]
+
+
+# --- depthwise and separable convolutions (conv2d's window rules) ---------------------------------------------
+
+
+@register("separable_conv2d")
+class SeparableConv2D(_Conv):
+    """Keras's SeparableConv2D: a depthwise k×k convolution, then a pointwise 1×1 one.
+
+    Both kernels take the layer's init (by role, or its own `init:`), each from its own seeded instance.
+    """
+
+    args = {"filters": Field(positive_int), "depth_multiplier": Field(positive_int, 1), **_Conv.args}
+    kernel_slots = (0, 2)
+
+    def param_count(self, shape, args):
+        kh, kw = args["kernel_size"]
+        mid = shape[2] * args["depth_multiplier"]
+        return kh * kw * mid + mid * args["filters"] + (args["filters"] if args["use_bias"] else 0)
+
+    def keras_layer(self, keras, name, args, pad, kernel_init, bias_init):
+        depthwise, pointwise = kernel_init or (None, None)
+        return keras.layers.SeparableConv2D(
+            args["filters"], args["kernel_size"], strides=args["strides"], padding=pad,
+            depth_multiplier=args["depth_multiplier"], dilation_rate=args["dilation_rate"],
+            activation=args["activation"], use_bias=args["use_bias"], depthwise_initializer=depthwise,
+            pointwise_initializer=pointwise, bias_initializer=bias_init, name=name,
+        )
+
+
+@register("depthwise_conv2d")
+class DepthwiseConv2D(_Conv):
+    """Keras's DepthwiseConv2D: one k×k filter per input channel (× depth_multiplier); channels = in × multiplier."""
+
+    args = {"depth_multiplier": Field(positive_int, 1), **_Conv.args}
+
+    def channels(self, shape, args):
+        return shape[2] * args["depth_multiplier"]
+
+    def param_count(self, shape, args):
+        kh, kw = args["kernel_size"]
+        out = shape[2] * args["depth_multiplier"]
+        return kh * kw * out + (out if args["use_bias"] else 0)
+
+    def keras_layer(self, keras, name, args, pad, kernel_init, bias_init):
+        return keras.layers.DepthwiseConv2D(
+            args["kernel_size"], strides=args["strides"], padding=pad, depth_multiplier=args["depth_multiplier"],
+            dilation_rate=args["dilation_rate"], activation=args["activation"], use_bias=args["use_bias"],
+            depthwise_initializer=kernel_init, bias_initializer=bias_init, name=name,
+        )
+
+
+# --- merging kinds: several inputs (`inputs: [a, b, ...]`) → one output ------------------------------------------
+
+
+class _Merge(LayerKind):
+    args = {}
+    merges = True
+    keras_class = ""
+
+    def check_inputs(self, shapes: list, path: str, sources: list) -> None:
+        """Rank and shape rules across the inputs; ConfigError at `<path>.inputs` naming two that disagree."""
+        for shape, source in zip(shapes[1:], sources[1:]):
+            if len(shape) != len(shapes[0]):
+                raise ConfigError(
+                    f"{path}.inputs",
+                    f"{self.name} needs inputs of one rank but {sources[0]} gives {_batch(shapes[0])} "
+                    f"and {source} gives {_batch(shape)}",
+                )
+
+    def build(self, name, args, kernel_init=None, bias_init=None):
+        from cnnlab.backend import keras
+
+        return [getattr(keras.layers, self.keras_class)(name=name)]
+
+
+class _Elementwise(_Merge):
+    def check_inputs(self, shapes, path, sources):
+        for shape, source in zip(shapes[1:], sources[1:]):
+            if shape != shapes[0]:
+                raise ConfigError(
+                    f"{path}.inputs",
+                    f"{self.name} needs inputs of one shape but {sources[0]} gives {_batch(shapes[0])} "
+                    f"and {source} gives {_batch(shape)}",
+                )
+
+    def output_shape(self, shapes, args, path):
+        return shapes[0]
+
+
+@register("add")
+class Add(_Elementwise):
+    """Element-wise sum of inputs of one shape (a residual connection)."""
+
+    keras_class = "Add"
+
+
+@register("multiply")
+class Multiply(_Elementwise):
+    """Element-wise product of inputs of one shape (gating)."""
+
+    keras_class = "Multiply"
+
+
+@register("concat")
+class Concat(_Merge):
+    """Joins inputs along the channel (last) axis: same spatial size, channels add up."""
+
+    keras_class = "Concatenate"
+
+    def check_inputs(self, shapes, path, sources):
+        super().check_inputs(shapes, path, sources)
+        for shape, source in zip(shapes[1:], sources[1:]):
+            if shape[:-1] != shapes[0][:-1]:
+                what = "spatial size" if len(shape) == 3 else "shape but the last axis"
+                raise ConfigError(
+                    f"{path}.inputs",
+                    f"concat needs inputs of one {what} but {sources[0]} gives {_batch(shapes[0])} "
+                    f"and {source} gives {_batch(shape)}",
+                )
+
+    def output_shape(self, shapes, args, path):
+        return (*shapes[0][:-1], sum(s[-1] for s in shapes))
+
+    def build(self, name, args, kernel_init=None, bias_init=None):
+        from cnnlab.backend import keras
+
+        return [keras.layers.Concatenate(axis=-1, name=name)]

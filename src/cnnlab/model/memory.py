@@ -122,7 +122,7 @@ def estimate(arch, batch_size: int) -> Estimate:
 
 
 def check_memory(arch, batch_size: int, budget) -> Estimate:
-    """Refuse a run whose estimate exceeds `budget` (`trainer.memory_budget_mb`), naming the layer that contributes most."""
+    """Refuse a run whose estimate exceeds `budget` (`trainer.memory_budget_mb`), naming the biggest layer."""
     est = estimate(arch, batch_size)
     limit = budget_bytes(budget)
     if limit is None or est.total <= limit:

@@ -21,11 +21,18 @@ def init_diagnostics(model, x: np.ndarray, y: np.ndarray, from_logits: bool) -> 
     def std(t) -> float:  # in float32: NumPy cannot hold a bfloat16 tensor (mixed_bfloat16 runs)
         return float(ops.convert_to_numpy(ops.std(ops.cast(t, "float32"))))
 
-    h = ops.convert_to_tensor(x)
+    # Walk the functional graph: a layer reads the values of the tensors it was called on (a list for add/concat),
+    # so skip connections and branches see what they see in the model. `model.layers` is in topological order.
+    values = {id(model.inputs[0]): ops.convert_to_tensor(x)}
+
+    def value_of(t):
+        return [values[id(u)] for u in t] if isinstance(t, (list, tuple)) else values[id(t)]
+
     layers = []
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
+        h = value_of(layer.input)
         activation = getattr(layer, "activation", None)
         if isinstance(layer, keras.layers.Activation):
             pre, h = h, layer(h)
@@ -38,11 +45,13 @@ def init_diagnostics(model, x: np.ndarray, y: np.ndarray, from_logits: bool) -> 
             h = activation(pre)
         else:
             pre, h = None, layer(h, training=False)
+        values[id(layer.output)] = h
         layers.append({
             "name": layer.name,
             "preact_std": None if pre is None else std(pre),
             "act_std": std(h),
         })
+    h = values[id(model.outputs[0])]
     losses = keras.losses.sparse_categorical_crossentropy(y, h, from_logits=from_logits)
     return {"layers": layers, "initial_loss": float(np.mean(ops.convert_to_numpy(ops.cast(losses, "float32"))))}
 
