@@ -112,13 +112,13 @@ def start_sweep(server) -> subprocess.Popen:
 
 
 def spooling_recorder(server, spool_dir: str):
-    """A run's recorder (its helper process, no training) that spools at the first unreachable call."""
+    """A run's recorder (no training) that spools at the first unreachable call."""
     from cnnlab.record.recorder import Recorder
 
     saved = dict(os.environ)
     os.environ.update({"CNNLAB_SPOOL_DIR": spool_dir, "CNNLAB_OUTAGE_SECONDS": "0"})
     try:
-        recorder = Recorder()  # its helper takes this environment
+        recorder = Recorder()  # it takes this environment as it starts
     finally:
         os.environ.clear()
         os.environ.update(saved)

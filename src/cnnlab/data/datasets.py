@@ -376,6 +376,8 @@ def describe_data(spec: DatasetConfig) -> str:
         path = data_file(spec)
         if path is None:
             return f"data: {spec.name}: no file ({DATA_DIR_ENV} unset): Keras downloads it at the run's start"
+        if not path.exists() and not spec.path:  # nothing to check yet (the model needs no data; a real run does)
+            return f"data: {spec.name}: not checked: no file at {path} (a real run needs it)"
         shapes, source = npz_shapes(path, spec), str(path)
         for split in ("train", "test"):
             xs, ys = shapes[f"x_{split}"], shapes[f"y_{split}"]

@@ -85,7 +85,10 @@ class Recorder:
         from cnnlab.record.store import OUTAGE_ENV, OUTAGE_SECONDS
 
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="cnnlab-mlflow")
+        from cnnlab.spool import spool_root
+
         self.outage_seconds = float(os.environ.get(OUTAGE_ENV, OUTAGE_SECONDS))
+        self.spool_root = spool_root()  # where a long outage's calls go ($CNNLAB_SPOOL_DIR as the run starts)
         self.tracker = self.spool = None
         self.error: str | None = None  # the first failure: later calls are skipped, the run ends FAILED
         self.waited, self.warm_up = 0.0, 0.0
@@ -249,7 +252,7 @@ class Recorder:
         os.environ.update({k: MIDRUN_HTTP[k] for k in self._env_set})  # the run exists: outlast outages
 
     def _tracker_call(self, method: str, args: tuple) -> None:
-        from cnnlab.spool import Spool, spool_root, unreachable
+        from cnnlab.spool import Spool, unreachable
 
         if self.spool:
             self.spool.call(method, args)
@@ -260,11 +263,11 @@ class Recorder:
             if not unreachable(e):
                 raise
             # the run exists and its server is gone for minutes: keep this call and the rest on disk
-            self.spool = Spool.create(spool_root(), self.tracker.client.tracking_uri, self.run_id, describe(e))
+            self.spool = Spool.create(self.spool_root, self.tracker.client.tracking_uri, self.run_id, describe(e))
             self.spool.call(method, args)
 
     def _end_run(self, status: str) -> None:
-        from cnnlab.spool import Spool, spool_root, unreachable
+        from cnnlab.spool import Spool, unreachable
 
         status = "FAILED" if self.error and status == "FINISHED" else status
         if self.tracker is None:
@@ -277,7 +280,7 @@ class Recorder:
             except Exception as e:
                 if not unreachable(e):
                     raise
-                self.spool = Spool.create(spool_root(), self.tracker.client.tracking_uri, self.run_id, describe(e))
+                self.spool = Spool.create(self.spool_root, self.tracker.client.tracking_uri, self.run_id, describe(e))
         self.spool.end(status, self.error)
         self.ended = True
 
