@@ -143,10 +143,12 @@ def plan(trainer, n_train: int | None = None, n_val: int | None = None) -> Devic
         raise ConfigError("trainer.batch_size", f"{trainer.batch_size} does not divide over {wanted} devices "
                                                 f"({KEY}={trainer.devices}): the global batch is split evenly")
     if backend == "jax":  # every sharded batch must divide: the epoch's last, the validation split's last
-        for key, n, batch in (("dataset.train_size", n_train, trainer.batch_size), ("dataset.val_size", n_val, 500)):
+        for key, split, n, batch in (("dataset.train_size", "training", n_train, trainer.batch_size),
+                                     ("dataset.val_size", "validation", n_val, 500)):
             last = (n or 0) % batch
             if last % wanted:
-                raise ConfigError(key, f"{n} images leave a last batch of {last}, which does not divide over "
+                raise ConfigError(key, f"the {split} split's {n} images leave a last batch of {last}, which does "
+                                       f"not divide over "
                                        f"{wanted} devices (JAX shards every batch evenly): pick a size or "
                                        f"trainer.batch_size that does")
     return DevicePlan(backend, tuple(pool[:wanted]), trainer.batch_size)
