@@ -47,9 +47,17 @@ def native_stderr_held_back():
             os.close(saved)
 
 
-from cnnlab.threads import job_cpus, set_tensorflow_threads, size_thread_pools  # noqa: E402
+from cnnlab.threads import (  # noqa: E402
+    job_cpus,
+    set_tensorflow_threads,
+    simulated_cpu_devices,
+    size_thread_pools,
+    split_cpu_for_jax,
+    split_cpu_for_tensorflow,
+)
 
 size_thread_pools(job_cpus())  # a sweep job uses its share of the machine's cores, no more
+split_cpu_for_jax(simulated_cpu_devices())  # $CNNLAB_CPU_DEVICES (tests of trainer.devices): before JAX starts
 
 with native_stderr_held_back():
     import keras  # noqa: E402
@@ -58,6 +66,7 @@ with native_stderr_held_back():
         import tensorflow as _tf
 
         set_tensorflow_threads(_tf, job_cpus())  # before the runtime starts
+        split_cpu_for_tensorflow(_tf, simulated_cpu_devices())
         _tf.config.list_physical_devices()  # the CUDA probe ("failed call to cuInit") happens here
 
 __all__ = ["keras", "iterations", "device_name", "set_random_seed", "make_deterministic", "bfloat16_is_native",

@@ -78,7 +78,9 @@ def check_config(cfg) -> RunConfig:
             f"has {dataset.num_classes} classes: end with a flat ({dataset.num_classes},) output",
         )
     trainer = check_trainer(plain["trainer"])
-    check_memory(arch, trainer.batch_size, trainer.memory_budget_mb)  # too big for memory: fails here, not in TF
+    # per device: each holds the weights and its share of the batch (auto: the count is known later; the whole batch)
+    per_device = trainer.batch_size // (trainer.devices if isinstance(trainer.devices, int) else 1)
+    check_memory(arch, per_device, trainer.memory_budget_mb)  # too big for memory: fails here, not in TF
     return RunConfig(
         arch=arch,
         dataset=dataset,

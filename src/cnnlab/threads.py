@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 
 CPUS_ENV = "CNNLAB_JOB_CPUS"  # CPU cores this job may use (0: the backends' own pools)
+# tests: the CPU shown to the backend as N devices, so that `trainer.devices=N` runs data-parallel on a CPU host
+CPU_DEVICES_ENV = "CNNLAB_CPU_DEVICES"
 
 
 def job_cpus() -> int | None:
@@ -49,3 +51,31 @@ def set_tensorflow_threads(tf, cpus: int | None) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(min(2, cpus))
     except RuntimeError:
         pass  # a reused worker: its first job already started TensorFlow, with this sweep's same share
+
+
+def simulated_cpu_devices() -> int:
+    """$CNNLAB_CPU_DEVICES: how many devices the CPU is split into (1: not split, the default).
+
+    For tests of `trainer.devices` on a machine without accelerators (as Keras's own multi-device
+    tests do); N simulated devices share the same cores, so they are no faster than one.
+    """
+    value = os.environ.get(CPU_DEVICES_ENV, "")
+    return int(value) if value.isdigit() and int(value) > 1 else 1
+
+
+def split_cpu_for_jax(n: int) -> None:
+    """Before JAX is imported: XLA's host platform as `n` CPU devices (XLA_FLAGS)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if n > 1 and "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = (flags + f" --xla_force_host_platform_device_count={n}").strip()
+
+
+def split_cpu_for_tensorflow(tf, n: int) -> None:
+    """Before TensorFlow's runtime starts: the CPU as `n` logical devices (/cpu:0 ... /cpu:n-1)."""
+    if n <= 1:
+        return
+    try:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+    except RuntimeError:
+        pass  # the runtime already started (a reused worker): it keeps the devices it started with

@@ -124,8 +124,12 @@ def dry_run(cfg, run) -> None:
         say(run.augment.describe())
     say(shape_table(run.arch))
     from cnnlab.model.memory import estimate
+    from cnnlab.run.devices import plan
 
-    say(estimate(run.arch, run.trainer.batch_size).summary(run.trainer.memory_budget_mb))
+    devices = plan(run.trainer)  # (JAX's uneven last batches are checked when a run has loaded its data)
+    say(devices.describe())
+    say(estimate(run.arch, devices.per_device_batch).summary(run.trainer.memory_budget_mb)
+        + (" (per device)" if devices.parallel else ""))
     from cnnlab.backend import keras
 
     model = build_model(run.arch, run.trainer.seed)

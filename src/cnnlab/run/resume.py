@@ -17,8 +17,9 @@ from pathlib import Path
 
 from cnnlab.errors import ConfigError
 
+# trainer.devices: the global batch and its order do not depend on it (a run may resume on other devices)
 IGNORED = {"resume", "dry_run", "trainer.verbose", "trainer.log_every", "trainer.checkpoint_every",
-           "trainer.checkpoint_dir", "trainer.keep_best"}
+           "trainer.checkpoint_dir", "trainer.keep_best", "trainer.devices"}
 BUDGET = ("trainer.steps", "trainer.epochs")  # may grow, not shrink
 RESUMABLE = ("KILLED", "FAILED")
 

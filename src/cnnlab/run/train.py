@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -26,6 +27,8 @@ from cnnlab.record.recorder import NullRecorder, Recorder, TrackingError, run_fi
 from cnnlab.record.store import check_store, redact_uri
 from cnnlab.record.tracking import flatten, tracking_uri
 from cnnlab.run.checkpoints import checkpoint_root, latest, remove, restore
+from cnnlab.run.devices import plain_copy
+from cnnlab.run.devices import plan as plan_devices
 from cnnlab.run.runlog import log_path, say
 
 
@@ -92,6 +95,7 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
     recorder = Recorder() if run.tracking.enabled else NullRecorder()
     try:
         data = load_data(run.dataset)  # a data error must come before any MLflow run exists
+        devices = plan_devices(run.trainer, len(data.x_train), len(data.x_val))  # so must a device request
     except BaseException:
         recorder.close()
         raise
@@ -101,7 +105,7 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
     try:
         if resume:  # a refused resume: one line before TensorFlow is even imported
             confirm(recorder, run)
-        final = train_and_record(run, data, recorder, name, overrides, choices)
+        final = train_and_record(run, data, recorder, name, overrides, choices, devices)
     except BaseException as e:
         if isinstance(e, ConfigError):  # e.g. a store that refused a write: this run records the failure
             e.run_id = recorder.run_id
@@ -125,21 +129,28 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
     return {**final, "run_id": recorder.run_id}
 
 
-def train_and_record(run, data, recorder, name: str, overrides, choices) -> dict:
-    """Build → fit → evaluate, telling `recorder` each step; the final metrics."""
+def train_and_record(run, data, recorder, name: str, overrides, choices, devices=None) -> dict:
+    """Build → fit → evaluate, telling `recorder` each step; the final metrics.
+
+    `devices`: the run's `cnnlab.run.devices.DevicePlan` (None: one device). Data-parallel, the model is
+    built, restored and trained in the plan's scope; a single-device copy is tested and logged.
+    """
     from cnnlab.run.diagnostics import diagnostics_metrics, init_diagnostics
     from cnnlab.run.fit import fit, total_steps
 
-    model, from_logits, keras = prepare_model(run, total_steps(run.trainer, len(data.x_train)))
-    recorder.log_setup(flatten(run.resolved), run_tags(run, data, overrides, choices, keras))
+    devices = devices or plan_devices(run.trainer)
+    model, from_logits, keras = prepare_model(run, total_steps(run.trainer, len(data.x_train)), devices)
+    recorder.log_setup(flatten(run.resolved), {**run_tags(run, data, overrides, choices, keras), **devices.tags()})
     if recorder.enabled:  # what the run trains, validates and tests on: the UI's Dataset column
         recorder.log_datasets(dataset_inputs(data, run.dataset.name))
     batch = slice(0, run.trainer.batch_size)
-    diag = init_diagnostics(model, data.x_train[batch], data.y_train[batch], from_logits)
+    with devices.scope():
+        diag = init_diagnostics(model, data.x_train[batch], data.y_train[batch], from_logits)
     recorder.log_diagnostics(diagnostics_metrics(diag))
     confirm(recorder, run)  # a store that cannot take the run fails here, before any training time is spent
     saves = checkpoint_folder(run, recorder)
-    start = restore(model, saves)["step"] if run.resume else 0
+    with devices.scope():
+        start = restore(model, saves)["step"] if run.resume else 0
     if run.resume:
         recorder.tag({"resumed_from_step": str(start), "resumable": "false"})
         say(f"{name}: resuming MLflow run {recorder.run_id} at step {start} of "
@@ -151,9 +162,12 @@ def train_and_record(run, data, recorder, name: str, overrides, choices) -> dict
             recorder.log_eval(step, {k: v for k, v in metrics.items() if not k.startswith("train_")})
     else:
         on_eval = recorder.log_eval
-    result = fit(model, data, run.trainer, on_eval=on_eval, check=recorder.check, start=start,
-                 checkpoint_dir=saves, on_log=recorder.log_eval, augment=getattr(run, "augment", None))
+    with devices.scope():
+        result = fit(model, data, run.trainer, on_eval=on_eval, check=recorder.check, start=start,
+                     checkpoint_dir=saves, on_log=recorder.log_eval, augment=getattr(run, "augment", None))
     seconds = time.perf_counter() - started
+    if devices.parallel:  # tested and logged as a plain single-device model
+        model = plain_copy(model, run.arch, run.trainer.seed)
     final, predicted, tags = {"initial_loss": diag["initial_loss"]}, None, {}
     if result.diverged:
         tags = {"diverged": "true", "diverged_at_step": str(result.diverged.step)}
@@ -266,10 +280,11 @@ def memory_mb() -> dict[str, float]:
     return out
 
 
-def prepare_model(run, total_steps: int):
+def prepare_model(run, total_steps: int, devices=None):
     """Seed, build, check against the shape table and compile; returns (model, from_logits, keras).
 
-    `total_steps` is the run's budget in optimizer steps (a learning-rate schedule spans it).
+    `total_steps` is the run's budget in optimizer steps (a learning-rate schedule spans it);
+    `devices` a data-parallel `DevicePlan`, in whose scope the model is built and compiled.
     """
     from cnnlab.backend import dtype_policy, keras, make_deterministic, set_random_seed
 
@@ -279,7 +294,8 @@ def prepare_model(run, total_steps: int):
     if run.trainer.deterministic:
         make_deterministic()
     keras.config.set_dtype_policy(dtype_policy(run.trainer.mixed_precision))  # global: reset for every job
-    model = build_model(run.arch, run.trainer.seed)
-    verify_model(run.arch, model)
-    compile_model(model, run, total_steps)
+    with devices.scope() if devices else contextlib.nullcontext():
+        model = build_model(run.arch, run.trainer.seed)
+        verify_model(run.arch, model)
+        compile_model(model, run, total_steps)
     return model, run.arch.rows[-1].args.get("activation") != "softmax", keras

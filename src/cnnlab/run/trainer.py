@@ -54,6 +54,12 @@ def _checkpoint_every(v, path):
     raise ConfigError(path, f"{show(v)} is not one of auto | a number of steps | null (off)")
 
 
+def _devices(v, path):
+    if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+        return v
+    raise ConfigError(path, f"{show(v)} is not one of auto | 1 | a number of devices")
+
+
 def _early_stopping(v, path):
     return check_fields(v, EARLY_STOPPING_FIELDS, path)
 
@@ -64,7 +70,9 @@ class TrainerConfig:
 
     steps: int | None = rule(optional(positive_int), 1000)
     epochs: int | None = rule(optional(positive_int), None)
-    batch_size: int = rule(positive_int, 100)
+    batch_size: int = rule(positive_int, 100)  # the global batch: split over trainer.devices
+    # data-parallel (cnnlab.run.devices): auto = every accelerator (1 on a CPU-only machine), 1, or a count
+    devices: str | int = rule(_devices, 1)
     seed: int = rule(integer, 0)
     deterministic: bool = rule(boolean, False)
     shuffle: bool = rule(boolean, True)
@@ -97,4 +105,7 @@ def check_trainer(cfg, path: str = "trainer") -> TrainerConfig:
             f"{path}.steps",
             f"set exactly one of steps and epochs (got steps={show(t['steps'])}, epochs={show(t['epochs'])})",
         )
+    if isinstance(t["devices"], int) and t["batch_size"] % t["devices"]:
+        raise ConfigError(f"{path}.batch_size", f"{t['batch_size']} does not divide over {path}.devices="
+                          f"{t['devices']} (the global batch is split evenly: a multiple of {t['devices']})")
     return TrainerConfig(**t)
