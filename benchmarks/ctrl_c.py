@@ -49,7 +49,11 @@ def once(delay: float) -> str:
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
         try:
-            _, err = proc.communicate(timeout=300)
+            _, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            return f"SIGINT at {delay:4.1f} s: NO EXIT within 120 s (killed); run {status(uri)}; stderr {err[-300:]!r}"
         finally:
             proc.kill()
         lines = [line for line in err.splitlines() if line.strip()]

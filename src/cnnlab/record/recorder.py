@@ -92,7 +92,7 @@ class Recorder:
         self.tracker = self.spool = None
         self.error: str | None = None  # the first failure: later calls are skipped, the run ends FAILED
         self.waited, self.warm_up = 0.0, 0.0
-        self.started = self.closed = self.ended = False
+        self.started = self.closed = self.ended = self._cancelled = False
         self.uri: str | None = None
         self._env_set: list[str] = []  # MIDRUN_HTTP values this recorder set (restored at close)
         self._submit(self._timed_warm_up, always=True)
@@ -186,6 +186,8 @@ class Recorder:
             return
         from cnnlab.errors import ConfigError, Diverged
 
+        if status == "KILLED" and self.tracker is None:
+            self._cancelled = True  # interrupted before its run was made: make none (if not under way already)
         if status == "FAILED" and not isinstance(cause, (Diverged, ConfigError, TrackingError)):
             self._call("set_tags", {"error": f"{type(cause).__name__}: {str(cause)[:4000]}"})  # say why
         with contextlib.suppress(Exception):
@@ -243,6 +245,9 @@ class Recorder:
     def _start(self, uri, experiment, run_name, parent_run_id, resume, tags) -> None:
         from cnnlab.record.store import MIDRUN_HTTP
         from cnnlab.record.tracking import Tracker
+
+        if self._cancelled:
+            return
 
         if resume is not None:
             self.tracker = Tracker.resume(uri, resume)

@@ -109,12 +109,13 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
     except BaseException as e:
         if isinstance(e, ConfigError):  # e.g. a store that refused a write: this run records the failure
             e.run_id = recorder.run_id
-        if isinstance(e, KeyboardInterrupt) and recorder.run_id:  # the interrupt's line names the run
-            e.run_id = recorder.run_id
+        if isinstance(e, KeyboardInterrupt) and recorder.run_id:
             e.resumable_at = (latest(checkpoint_folder(run, recorder)) or {}).get("step")
             if e.resumable_at is not None:
                 recorder.tag({"resumable": "true"})  # python run.py <same overrides> resume=<run_id>
         recorder.end_anyway("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", e)
+        if isinstance(e, KeyboardInterrupt):
+            e.run_id = recorder.run_id  # the interrupt's line names the run (made, if at all, by now)
         release_keras_state()  # also for a single run: a stopped input pipeline could block the exit
         raise
     if release:  # a sweep worker runs the next job in this process; a single run just exits
