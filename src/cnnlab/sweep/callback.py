@@ -56,7 +56,9 @@ def unswept_keys(config: DictConfig, swept: list[str]) -> list[str]:
 
     parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
     bare = {k.lstrip("+~") for k in swept}
-    return sorted({o.key_or_group for o in parsed if o.key_or_group not in bare} | {PARENT_KEY, "resume"})
+    # an Optuna sweeper's per-job keys (cnnlab.sweep.study) are tags of the run, not part of its name
+    trial_keys = {"optuna.trial", "optuna.study", "optuna.storage"}
+    return sorted({o.key_or_group for o in parsed if o.key_or_group not in bare} | {PARENT_KEY, "resume"} | trial_keys)
 
 
 def name_jobs_by(config: DictConfig, swept: list[str], parent_run_id: str | None) -> None:
@@ -194,7 +196,10 @@ def summarize_children(client, parent_id: str) -> list[dict]:
                "status": run.info.status, "run_id": run.info.run_id}
         row.update({m: run.data.metrics.get(m) for m in METRICS})
         row["note"] = run.data.tags.get("error") or (
-            f"diverged at step {run.data.tags['diverged_at_step']}" if "diverged_at_step" in run.data.tags else "")
+            f"diverged at step {run.data.tags['diverged_at_step']}" if "diverged_at_step" in run.data.tags else
+            f"pruned at step {run.data.tags['pruned_at_step']}" if "pruned_at_step" in run.data.tags else "")
+        if "optuna.trial" in run.data.tags:
+            row["trial"] = int(run.data.tags["optuna.trial"])
         rows.append(row)
     return rows
 
