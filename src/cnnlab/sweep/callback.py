@@ -144,6 +144,11 @@ class MlflowSweepCallback(Callback):
             return
         rows, counts = finish_parent(tracker, status, note)
         print(to_markdown(rows))
+        from cnnlab.stats import seed_report
+
+        seeds = seed_report(rows)
+        if seeds:
+            print(seeds)
         print(f"sweep: {len(rows)} jobs, {counts['FINISHED']} finished, {counts['FAILED']} failed"
               + (f", {counts['KILLED']} killed" if counts["KILLED"] else "")
               + (f"; sweep {status}" if status != "FINISHED" else "")
@@ -157,6 +162,7 @@ def finish_parent(tracker, status: str, note: str | None = None) -> tuple[list[d
     is every child still RUNNING (its worker was stopped, or its node is out of reach).
     """
     from cnnlab.record.tracking import Tracker, end_dead_runs
+    from cnnlab.stats import seed_report
 
     client, run_id = tracker.client, tracker.run_id
     parent = client.get_run(run_id)
@@ -176,6 +182,9 @@ def finish_parent(tracker, status: str, note: str | None = None) -> tuple[list[d
         folder = Path(tmp)
         (folder / "summary.csv").write_text(to_csv(rows))
         (folder / "summary.md").write_text(to_markdown(rows) + "\n")
+        seeds = seed_report(rows)  # a sweep over trainer.seed: each cell's mean and 95% interval
+        if seeds:
+            (folder / "seeds.md").write_text(seeds + "\n")
         comparison_plot(client, rows, folder / "val_accuracy.png")
         tracker.log_artifacts(folder)
     tracker.set_tags({f"jobs.{s.lower()}": str(n) for s, n in counts.items()} | {"jobs.total": str(len(rows))})
