@@ -78,3 +78,18 @@ def test_a_study_prunes_runs_in_parallel_recovers_a_killed_trial_and_resumes(tmp
         assert ("pruned_at_step" in run.data.tags) == (trial.state == TrialState.PRUNED)
         if trial.state == TrialState.PRUNED:  # stopped at once: no step past the one it was pruned at
             assert int(run.data.tags["pruned_at_step"]) == max(trial.intermediate_values) < 6
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("hydra.sweeper.pruner.type=bogus",
+     "error: hydra.sweeper.pruner.type: 'bogus' is not one of: median, hyperband, none"),
+    ("hydra.sweeper.n_trials=0", "error: hydra.sweeper.n_trials: 0 is not a positive integer"),
+    ("dry_run=true", "error: dry_run: true: an Optuna study's trials must train"),
+])
+def test_a_bad_study_setting_is_one_line_and_exit_2_before_any_run(tmp_path, override, expected):
+    p = run_cli("-m", "+experiment=optuna_lr_init", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                f"hydra.sweep.dir={tmp_path}/multirun", override, timeout=120)
+    assert p.returncode == 2, p.stderr[-2000:]
+    lines = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith(expected), p.stderr[-2000:]
+    assert not (tmp_path / "mlflow.db").exists()  # no parent run was made for it

@@ -71,6 +71,23 @@ def name_jobs_by(config: DictConfig, swept: list[str], parent_run_id: str | None
             config.hydra.overrides.task.append(f"{PARENT_KEY}={parent_run_id}")
 
 
+def check_study(config: DictConfig) -> None:
+    """With hydra/sweeper=cnnlab_optuna: its settings checked, and no dry run (its trials would count as failed)."""
+    if not str(OmegaConf.select(config, "hydra.sweeper._target_") or "").endswith(".CnnlabOptunaSweeper"):
+        return
+    from cnnlab.cli import fail
+    from cnnlab.sweep.study import check_sweeper
+
+    try:
+        settings = {k: v for k, v in config.hydra.sweeper.items_ex(resolve=False) if k != "_target_"}
+        check_sweeper(settings)
+        if OmegaConf.select(config, "dry_run"):
+            raise ConfigError("dry_run", "true: an Optuna study's trials must train (check its config with "
+                                         "a single run: python run.py <overrides> dry_run=true)")
+    except ConfigError as e:
+        fail(str(e))
+
+
 class MlflowSweepCallback(Callback):
     """Hydra callback (see conf/config.yaml `hydra.callbacks`): the parent run of a multirun."""
 
@@ -86,6 +103,7 @@ class MlflowSweepCallback(Callback):
         if cpus is not None:
             attach_job_context(config, {CPUS_ENV: str(cpus)})
         keys = swept_keys(config)
+        check_study(config)  # an Optuna study's settings: one line before any MLflow run exists
         # the base config: swept values are applied per job
         tracking = check_tracking(OmegaConf.to_container(config.tracking, resolve=True))
         if not tracking.enabled:
