@@ -231,7 +231,9 @@ def run_jobs(launcher, pending: deque, shared: bytes, next_job=None, on_result=N
             if job is None:
                 next_job = None
                 break
-            log.info(f"\t#{job[0]} : {' '.join(filter_overrides(job[1]))}")
+            from cnnlab.config.guard import redact_text  # e.g. a PostgreSQL study storage's password
+
+            log.info(f"\t#{job[0]} : {redact_text(' '.join(filter_overrides(job[1])))}")
             pending.append(job)
         if not (pending or pool.busy()):
             break
