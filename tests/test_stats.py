@@ -53,3 +53,21 @@ def test_seed_table_groups_by_the_other_keys_and_skips_unfinished_runs():
     assert "| init=he | 2 | 0.9100 |" in text
     assert "| init=he − init=glorot | 2 | 0.0950 |" in text
     assert seed_report([{"run": "init=he", "status": "FINISHED", "val_accuracy": 0.9}]) == ""
+
+
+def test_the_report_of_a_seed_sweep_has_the_intervals_and_a_study_its_header():
+    from types import SimpleNamespace
+
+    from cnnlab.report import markdown
+
+    rows = [{"run": f"init={i},trainer.seed={s}", "values": {"init": i, "trainer.seed": str(s)}, "status": "FINISHED",
+             "val_accuracy": v}
+            for i, s, v in [("he", 1, 0.9), ("he", 2, 0.92), ("normal", 1, 0.5), ("normal", 2, 0.6)]]
+    parent = SimpleNamespace(info=SimpleNamespace(run_name="sweep", run_id="p1"), data=SimpleNamespace(
+        tags={"optuna.study_name": "s", "optuna.storage": "sqlite:///x.db", "optuna.trials": "4",
+              "optuna.trials_complete": "4", "optuna.trials_pruned": "0", "optuna.trials_fail": "0",
+              "optuna.best_trial": "1", "optuna.best.init": "he"}, metrics={"best_value": 0.92}))
+    text = markdown(parent, rows, ["init", "trainer.seed"], "val_accuracy", [])
+    assert "Optuna study `s` in `sqlite:///x.db`: 4 trials (4 complete, 0 pruned, 0 failed); best trial 1: 0.9200 " \
+           "with init=he." in text
+    assert "| init=he | 2 | 0.9100 | 0.0141 |" in text and "| init=he − init=normal | 2 | 0.3600 |" in text
