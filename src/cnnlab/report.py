@@ -36,15 +36,9 @@ def short(v) -> str:
 
 def split_name(run_name: str) -> dict[str, str]:
     """A sweep child's name ('init=he,optimizer.lr=0.01') as {key: value}; `+`/`~` prefixes dropped."""
-    out = {}
-    for part in (run_name or "").split(","):
-        if "=" in part:
-            key, value = part.split("=", 1)
-            out[key.lstrip("+~")] = value
-        elif out:  # a value with a comma in it (a list): belongs to the previous key
-            last = next(reversed(out))
-            out[last] += "," + part
-    return out
+    from cnnlab.stats import split_name as split
+
+    return split(run_name)
 
 
 def find_sweep(client, experiment: str, sweep: str):
@@ -87,6 +81,20 @@ def markdown(parent, rows: list[dict], keys: list[str], metric: str, plots: list
     for r in rows:
         cells = [r["values"].get(k, "") for k in keys] + [r["status"]] + [short(r.get(m)) for m in metrics]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells + [r.get("note") or ""]) + " |")
+    tags = parent.data.tags
+    if "optuna.study_name" in tags:  # an Optuna study's sweep (hydra/sweeper=cnnlab_optuna)
+        best = " ".join(f"{k[len('optuna.best.'):]}={v}" for k, v in sorted(tags.items())
+                        if k.startswith("optuna.best."))
+        lines[2:2] = [f"Optuna study `{tags['optuna.study_name']}` in `{tags.get('optuna.storage', '?')}`: "
+                      f"{tags.get('optuna.trials', '?')} trials ({tags.get('optuna.trials_complete', '?')} complete, "
+                      f"{tags.get('optuna.trials_pruned', '?')} pruned, {tags.get('optuna.trials_fail', '?')} failed)"
+                      + (f"; best trial {tags['optuna.best_trial']}: {parent.data.metrics.get('best_value', 0):.4f} "
+                         f"with {best}" if "optuna.best_trial" in tags else "") + ".", ""]
+    from cnnlab.stats import seed_report
+
+    seeds = seed_report(rows, metric)  # the sweep varied trainer.seed: cells with intervals, paired differences
+    if seeds:
+        lines += ["", seeds]
     lines += ["", *[f"![{p}]({p})" for p in plots]]
     return "\n".join(lines) + "\n"
 

@@ -31,9 +31,10 @@ from cnnlab.model.memory import check_memory
 from cnnlab.record.tracking import TrackingConfig, check_tracking
 from cnnlab.run.optimizers import OptimizerConfig, check_optimizer
 from cnnlab.run.trainer import TrainerConfig, check_trainer
+from cnnlab.run.trial import TrialConfig, check_trial
 
 GROUPS = ("model", "init", "dataset", "optimizer", "trainer", "tracking", "augment")
-TOP_LEVEL = (*GROUPS, "dry_run", "resume")
+TOP_LEVEL = (*GROUPS, "dry_run", "resume", "optuna")  # optuna: set per job by hydra/sweeper=cnnlab_optuna
 
 
 @dataclass
@@ -49,6 +50,7 @@ class RunConfig:
     resolved: dict  # the resolved config as the user wrote it, for logging: oc.env values, URI credentials `***`
     resume: str | None = None  # a run id to continue, or "last" (cnnlab.run.resume)
     augment: AugmentConfig | None = None  # training-batch augmentation (cnnlab.data.augment)
+    trial: TrialConfig | None = None  # the Optuna trial this sweep job reports to (cnnlab.run.trial)
 
 
 def check_config(cfg) -> RunConfig:
@@ -90,5 +92,6 @@ def check_config(cfg) -> RunConfig:
         dry_run=boolean(plain.get("dry_run", False), "dry_run"),
         resume=optional(string)(plain.get("resume"), "resume"),
         augment=check_augment(plain["augment"]),
+        trial=check_trial(plain.get("optuna")),
         resolved=redacted_config(cfg, plain),  # the real tracking.uri stays in `tracking`, which connects
     )

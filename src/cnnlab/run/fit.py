@@ -23,7 +23,7 @@ from cnnlab.run.trainer import TrainerConfig
 
 
 class Monitor(keras.callbacks.Callback):
-    """Stops at the first diverged loss; hands each evaluation's metrics to `on_eval`.
+    """Stops at the first diverged loss; hands each evaluation's metrics to `on_eval`, and stops if it returns True.
 
     Keras reports the chunk's running mean loss, so one exploding batch shows at once.
     """
@@ -34,6 +34,7 @@ class Monitor(keras.callbacks.Callback):
         self.diverged: Diverged | None = None
         self.interrupted: int | None = None  # the signal that asked training to stop
         self.failed: Exception | None = None  # tracking broke: the run's record cannot be completed
+        self.stopped_at: int | None = None  # the step at which `on_eval` asked training to stop
 
     def on_train_begin(self, logs=None):
         if self.interrupted:  # a signal that came while fit was starting: fit has just reset stop_training
@@ -65,7 +66,9 @@ class Monitor(keras.callbacks.Callback):
                               ("val_loss", "val_loss"), ("val_accuracy", "val_accuracy"))
             if key in logs
         }
-        self.on_eval(iterations(self.model), metrics)
+        if self.on_eval(iterations(self.model), metrics):  # e.g. an Optuna trial pruned: stop after this evaluation
+            self.stopped_at = iterations(self.model)
+            self.model.stop_training = True
 
 
 class TrainLog(keras.callbacks.Callback):
@@ -199,6 +202,7 @@ class FitResult:
     timer: StepTimer | None = None
     checkpoint_seconds: float = 0.0  # time spent writing checkpoints
     best: dict | None = None  # trainer.keep_best: {"step", "metric", "value"} of best.weights.h5
+    stopped_at: int | None = None  # `on_eval` returned True at this step (an Optuna trial pruned)
 
 
 def total_steps(trainer: TrainerConfig, n_train: int) -> int:
@@ -218,7 +222,8 @@ def fit(model, data, trainer: TrainerConfig, on_eval=None, check=None, start: in
     """Train a compiled model on `data` for the trainer's budget; never raises on divergence.
 
     `on_eval(step, metrics)` gets each evaluation (train and validation means over the
-    chunk); `on_log(step, metrics)` the train means every `trainer.log_every` steps.
+    chunk); if it returns True, training stops there (`FitResult.stopped_at`);
+    `on_log(step, metrics)` the train means every `trainer.log_every` steps.
     `check()` runs after every step; if it raises, training stops there and `fit` raises it.
     `start`: the step a restored model is at (`cnnlab.run.checkpoints`); training goes on from
     batch `start` with evaluations at the same steps as a run from 0. `checkpoint_dir`: where
@@ -239,10 +244,10 @@ def fit(model, data, trainer: TrainerConfig, on_eval=None, check=None, start: in
         result.history.append({"step": step, **metrics})
         if best:
             best.update(model, step, metrics)
-        if on_eval:
-            on_eval(step, metrics)
+        stop = on_eval(step, metrics) if on_eval else None
         if progress.verbose:
             progress.line(step, metrics)
+        return stop
 
     per_epoch = math.ceil(len(data.x_train) / trainer.batch_size)
     chunk = min(trainer.eval_every or per_epoch, steps)
@@ -290,4 +295,5 @@ def fit(model, data, trainer: TrainerConfig, on_eval=None, check=None, start: in
     result.steps = iterations(model)
     result.checkpoint_seconds = saver.seconds if saver else 0.0
     result.best = best.best if best else None
+    result.stopped_at = monitor.stopped_at
     return result

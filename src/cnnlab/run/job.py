@@ -28,7 +28,8 @@ def hydra_context() -> tuple[list[str], dict, bool, str | None]:
     hc = HydraConfig.get()
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
     # a sweep's callback adds tracking.parent_run_id to every job: not one of the job's own overrides
-    overrides = [o for o in hc.overrides.task if not o.startswith("tracking.parent_run_id=")]
+    # and an Optuna sweeper adds +optuna.* (the job's trial, tagged on its run)
+    overrides = [o for o in hc.overrides.task if not o.startswith(("tracking.parent_run_id=", "+optuna."))]
     multirun = hc.mode == RunMode.MULTIRUN
     return overrides, choices, multirun, (hc.job.override_dirname or None) if multirun else None
 
@@ -67,7 +68,12 @@ def _run_job(cfg, overrides: list[str], choices: dict, in_sweep: bool, name: str
                 run.trainer = replace(run.trainer, verbose=0)
             say(f"{name or 'job'}: started")
         try:
-            return train(run, overrides, choices, name=name, release=in_sweep)["val_accuracy"]
+            final = train(run, overrides, choices, name=name, release=in_sweep)
+            if "pruned_at_step" in final:  # the sweeper tells Optuna (cnnlab.run.trial)
+                from cnnlab.run.trial import Pruned
+
+                return Pruned(final["pruned_at_step"], final["val_accuracy"])
+            return final["val_accuracy"]
         except (Diverged, TrackingError, CheckpointError) as e:
             message = str(e) if isinstance(e, Diverged) else \
                 f"{'checkpoint' if isinstance(e, CheckpointError) else 'tracking'}: {e}"

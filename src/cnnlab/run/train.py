@@ -100,8 +100,11 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
         recorder.close()
         raise
     name = run.tracking.run_name or name or run_name(run, choices)
+    tags = {"hydra.overrides": " ".join(overrides) or "(none)"}
+    if run.trial:  # a trial of an Optuna study (hydra/sweeper=cnnlab_optuna)
+        tags.update({"optuna.trial": str(run.trial.trial), "optuna.study": run.trial.study})
     recorder.start(tracking_uri(run.tracking), run.tracking.experiment, name, parent_run_id=parent_run_id,
-                   resume=resume, tags={"hydra.overrides": " ".join(overrides) or "(none)"})
+                   resume=resume, tags=tags)
     try:
         if resume:  # a refused resume: one line before TensorFlow is even imported
             confirm(recorder, run)
@@ -124,8 +127,10 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
         say(f"warning: tracking: the MLflow server at {redact_uri(recorder.uri)!r} stopped answering; "
             f"run {recorder.run_id} is complete in {recorder.spooled}: upload it with "
             f"`python -m cnnlab.spool {recorder.spooled}` once the server is back", error=True)
-    say(f"{name}: test_accuracy={final['test_accuracy']:.4f} test_loss={final['test_loss']:.4f} "
-          f"({final['steps']} steps in {final['train_seconds']:.1f} s)"
+    result = (f"pruned at step {final['pruned_at_step']}, val_accuracy={final['val_accuracy']:.4f}"
+              if "pruned_at_step" in final else
+              f"test_accuracy={final['test_accuracy']:.4f} test_loss={final['test_loss']:.4f}")
+    say(f"{name}: {result} ({final['steps']} steps in {final['train_seconds']:.1f} s)"
           + (f", MLflow run {recorder.run_id}" if recorder.enabled else ""))
     return {**final, "run_id": recorder.run_id}
 
@@ -163,6 +168,10 @@ def train_and_record(run, data, recorder, name: str, overrides, choices, devices
             recorder.log_eval(step, {k: v for k, v in metrics.items() if not k.startswith("train_")})
     else:
         on_eval = recorder.log_eval
+    if run.trial:  # an Optuna trial: each evaluation's val_accuracy goes to it; pruned, training stops there
+        from cnnlab.run.trial import TrialReporter
+
+        on_eval = reporting(on_eval, TrialReporter(run.trial))
     with devices.scope():
         result = fit(model, data, run.trainer, on_eval=on_eval, check=recorder.check, start=start,
                      checkpoint_dir=saves, on_log=recorder.log_eval, augment=getattr(run, "augment", None))
@@ -172,6 +181,9 @@ def train_and_record(run, data, recorder, name: str, overrides, choices, devices
     final, predicted, tags = {"initial_loss": diag["initial_loss"]}, None, {}
     if result.diverged:
         tags = {"diverged": "true", "diverged_at_step": str(result.diverged.step)}
+    elif result.stopped_at is not None and run.trial:  # pruned: a complete record of a run stopped by design
+        tags = {"pruned": "true", "pruned_at_step": str(result.stopped_at)}
+        final.update(train_seconds=seconds, **memory_mb())
     else:
         test, predicted = evaluate(model, data, from_logits)
         final.update(test, train_seconds=seconds, checkpoint_seconds=result.checkpoint_seconds, **memory_mb())
@@ -212,8 +224,19 @@ def train_and_record(run, data, recorder, name: str, overrides, choices, devices
     if saves:
         remove(saves)  # the run is whole: its checkpoints have served
     last_eval = result.history[-1] if result.history else {}
-    return {**final, "val_accuracy": last_eval.get("val_accuracy"), "steps": result.steps,
-            "train_seconds": seconds}
+    out = {**final, "val_accuracy": last_eval.get("val_accuracy"), "steps": result.steps, "train_seconds": seconds}
+    if "pruned_at_step" in tags:
+        out["pruned_at_step"] = result.stopped_at
+    return out
+
+
+def reporting(on_eval, reporter):
+    """`on_eval` that also reports val_accuracy to an Optuna trial; True (stop training) when it is pruned."""
+    def report(step, metrics):
+        on_eval(step, metrics)
+        return reporter.report(step, metrics.get("val_accuracy"))
+
+    return report
 
 
 def confirm(recorder, run) -> None:

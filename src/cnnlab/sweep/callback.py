@@ -56,7 +56,9 @@ def unswept_keys(config: DictConfig, swept: list[str]) -> list[str]:
 
     parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
     bare = {k.lstrip("+~") for k in swept}
-    return sorted({o.key_or_group for o in parsed if o.key_or_group not in bare} | {PARENT_KEY, "resume"})
+    # an Optuna sweeper's per-job keys (cnnlab.sweep.study) are tags of the run, not part of its name
+    trial_keys = {"optuna.trial", "optuna.study", "optuna.storage"}
+    return sorted({o.key_or_group for o in parsed if o.key_or_group not in bare} | {PARENT_KEY, "resume"} | trial_keys)
 
 
 def name_jobs_by(config: DictConfig, swept: list[str], parent_run_id: str | None) -> None:
@@ -67,6 +69,23 @@ def name_jobs_by(config: DictConfig, swept: list[str], parent_run_id: str | None
         config.hydra.overrides.hydra.append(f"hydra.job.config.override_dirname.exclude_keys=[{exclude}]")
         if parent_run_id:
             config.hydra.overrides.task.append(f"{PARENT_KEY}={parent_run_id}")
+
+
+def check_study(config: DictConfig) -> None:
+    """With hydra/sweeper=cnnlab_optuna: its settings checked, and no dry run (its trials would count as failed)."""
+    if not str(OmegaConf.select(config, "hydra.sweeper._target_") or "").endswith(".CnnlabOptunaSweeper"):
+        return
+    from cnnlab.cli import fail
+    from cnnlab.sweep.study import check_sweeper
+
+    try:
+        settings = {k: v for k, v in config.hydra.sweeper.items_ex(resolve=False) if k != "_target_"}
+        check_sweeper(settings)
+        if OmegaConf.select(config, "dry_run"):
+            raise ConfigError("dry_run", "true: an Optuna study's trials must train (check its config with "
+                                         "a single run: python run.py <overrides> dry_run=true)")
+    except ConfigError as e:
+        fail(str(e))
 
 
 class MlflowSweepCallback(Callback):
@@ -84,6 +103,7 @@ class MlflowSweepCallback(Callback):
         if cpus is not None:
             attach_job_context(config, {CPUS_ENV: str(cpus)})
         keys = swept_keys(config)
+        check_study(config)  # an Optuna study's settings: one line before any MLflow run exists
         # the base config: swept values are applied per job
         tracking = check_tracking(OmegaConf.to_container(config.tracking, resolve=True))
         if not tracking.enabled:
@@ -142,6 +162,11 @@ class MlflowSweepCallback(Callback):
             return
         rows, counts = finish_parent(tracker, status, note)
         print(to_markdown(rows))
+        from cnnlab.stats import seed_report
+
+        seeds = seed_report(rows)
+        if seeds:
+            print(seeds)
         print(f"sweep: {len(rows)} jobs, {counts['FINISHED']} finished, {counts['FAILED']} failed"
               + (f", {counts['KILLED']} killed" if counts["KILLED"] else "")
               + (f"; sweep {status}" if status != "FINISHED" else "")
@@ -155,6 +180,7 @@ def finish_parent(tracker, status: str, note: str | None = None) -> tuple[list[d
     is every child still RUNNING (its worker was stopped, or its node is out of reach).
     """
     from cnnlab.record.tracking import Tracker, end_dead_runs
+    from cnnlab.stats import seed_report
 
     client, run_id = tracker.client, tracker.run_id
     parent = client.get_run(run_id)
@@ -174,6 +200,9 @@ def finish_parent(tracker, status: str, note: str | None = None) -> tuple[list[d
         folder = Path(tmp)
         (folder / "summary.csv").write_text(to_csv(rows))
         (folder / "summary.md").write_text(to_markdown(rows) + "\n")
+        seeds = seed_report(rows)  # a sweep over trainer.seed: each cell's mean and 95% interval
+        if seeds:
+            (folder / "seeds.md").write_text(seeds + "\n")
         comparison_plot(client, rows, folder / "val_accuracy.png")
         tracker.log_artifacts(folder)
     tracker.set_tags({f"jobs.{s.lower()}": str(n) for s, n in counts.items()} | {"jobs.total": str(len(rows))})
@@ -194,7 +223,10 @@ def summarize_children(client, parent_id: str) -> list[dict]:
                "status": run.info.status, "run_id": run.info.run_id}
         row.update({m: run.data.metrics.get(m) for m in METRICS})
         row["note"] = run.data.tags.get("error") or (
-            f"diverged at step {run.data.tags['diverged_at_step']}" if "diverged_at_step" in run.data.tags else "")
+            f"diverged at step {run.data.tags['diverged_at_step']}" if "diverged_at_step" in run.data.tags else
+            f"pruned at step {run.data.tags['pruned_at_step']}" if "pruned_at_step" in run.data.tags else "")
+        if "optuna.trial" in run.data.tags:
+            row["trial"] = int(run.data.tags["optuna.trial"])
         rows.append(row)
     return rows
 

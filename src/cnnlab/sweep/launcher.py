@@ -178,25 +178,38 @@ def _raise_interrupted(signum, frame):
 
 def launch(launcher, job_overrides, initial_job_idx: int) -> list[JobReturn]:
     """Run the jobs on the launcher's pool; one JobReturn per job, in order (Hydra's Launcher.launch)."""
+    jobs = [(initial_job_idx + i, list(overrides)) for i, overrides in enumerate(job_overrides)]
+    results = _launch(launcher, deque(jobs), f"{len(jobs)} jobs")
+    return [results[index] for index, _ in jobs]
+
+
+def launch_stream(launcher, next_job, on_result) -> None:
+    """Keep every worker busy with jobs asked one at a time (an Optuna study: `hydra/sweeper=cnnlab_optuna`).
+
+    Whenever a worker is free, `next_job()` gives the next `(index, overrides)`, or None: no more jobs
+    (it is not asked again). `on_result(index, JobReturn)` gets each job's result as soon as it ends.
+    """
+    _launch(launcher, deque(), "jobs as they are asked", next_job, on_result)
+
+
+def _launch(launcher, pending: deque, what: str, next_job=None, on_result=None) -> dict[int, JobReturn]:
     import cloudpickle
 
     setup_globals()
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    log.info(f"cnnlab launcher: {len(job_overrides)} jobs on {launcher.n_jobs} worker processes, "
-             f"sweep output dir: {sweep_dir}")
+    log.info(f"cnnlab launcher: {what} on {launcher.n_jobs} worker processes, sweep output dir: {sweep_dir}")
     # composed per job in the worker, as the joblib launcher does: in parallel, and only when the job starts
     shared = cloudpickle.dumps((launcher.hydra_context, launcher.task_function, launcher.config,
                                 Singleton.get_state()))
-    jobs = [(initial_job_idx + i, list(overrides)) for i, overrides in enumerate(job_overrides)]
-    for index, overrides in jobs:
+    for index, overrides in pending:
         log.info(f"\t#{index} : {' '.join(filter_overrides(overrides))}")
     if launcher.pool is None:
         launcher.pool = Pool(launcher.n_jobs)
     handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        results = run_jobs(launcher, deque(jobs), shared)
+        results = run_jobs(launcher, pending, shared, next_job, on_result)
     except Interrupted as e:
         stop_sweep(launcher.pool, e.signum, launcher.stop_seconds)
     except BaseException:
@@ -205,14 +218,25 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list[JobReturn]:
     finally:
         for s, handler in handlers.items():
             signal.signal(s, handler)
-    return [results[index] for index, _ in jobs]
+    return results
 
 
-def run_jobs(launcher, pending: deque, shared: bytes) -> dict[int, JobReturn]:
+def run_jobs(launcher, pending: deque, shared: bytes, next_job=None, on_result=None) -> dict[int, JobReturn]:
     import cloudpickle
 
     pool, results = launcher.pool, {}
-    while pending or pool.busy():
+    while True:
+        while next_job is not None and len(pending) + len(pool.busy()) < pool.size:  # a free worker: ask a job
+            job = next_job()
+            if job is None:
+                next_job = None
+                break
+            from cnnlab.config.guard import redact_text  # e.g. a PostgreSQL study storage's password
+
+            log.info(f"\t#{job[0]} : {redact_text(' '.join(filter_overrides(job[1])))}")
+            pending.append(job)
+        if not (pending or pool.busy()):
+            break
         pool.dispatch(pending, shared)
         busy = pool.busy()
         ready = set(wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout=1.0))
@@ -228,6 +252,8 @@ def run_jobs(launcher, pending: deque, shared: bytes) -> dict[int, JobReturn]:
                 pool.remove(worker)
                 config = compose_job(launcher.hydra_context, launcher.config, overrides, index)
                 results[index] = job_lost(overrides, cause, config)
+            if on_result is not None and index in results:
+                on_result(index, results[index])
     return results
 
 

@@ -28,3 +28,9 @@ class CnnlabLauncher(Launcher):
         from cnnlab.sweep.launcher import launch
 
         return launch(self, job_overrides, initial_job_idx)
+
+    def launch_stream(self, next_job, on_result) -> None:
+        """Jobs asked one at a time as workers free up (`hydra/sweeper=cnnlab_optuna`; `cnnlab.sweep.launcher`)."""
+        from cnnlab.sweep.launcher import launch_stream
+
+        launch_stream(self, next_job, on_result)

@@ -1,0 +1,377 @@
+"""`hydra/sweeper=cnnlab_optuna`: an Optuna (>= 4) study that persists, resumes, prunes and runs in parallel.
+
+The sweeper owns the study through Optuna's ask-and-tell API; each trial is one Hydra job:
+
+- **Search space**: `hydra.sweeper.params` (and sweep overrides on the command line) in Hydra's syntax:
+  `choice(a, b)`, `range(a, b)`, `interval(lo, hi)`, `tag(log, interval(lo, hi))`, `tag(int, interval(...))`.
+- **Scheduling**: with `hydra/launcher=cnnlab`, a new trial is asked whenever a worker frees
+  (`launch_stream`): `n_jobs` trials in flight, none waiting on a batch. Other launchers (joblib, Ray,
+  SLURM), whose `launch()` returns when a whole list is done, get batches of `n_jobs` trials.
+- **A job learns its trial from its config**: the overrides `+optuna.trial=<n> +optuna.study=<name>
+  +optuna.storage='<url>'` (`cnnlab.run.trial`). It reports val_accuracy at every evaluation and, pruned,
+  returns `Pruned`; only this process tells Optuna how a trial ended (COMPLETE, PRUNED or FAIL).
+- **Storage**: an RDB storage (default: `optuna.db` beside MLflow's SQLite store; PostgreSQL works too),
+  the study `load_if_exists`: the same command again continues it up to `n_trials` in total.
+  A trial left RUNNING by a sweep that was killed (its process on this host gone) is marked FAIL and
+  its parameters enqueued again; a sweep stopped by Ctrl-C does the same for its trials in flight.
+- **The MLflow parent run holds the study**: its name and storage as tags, best value and parameters,
+  and Optuna's plots (optimization history, parameter importances, intermediate values).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+import warnings
+
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+KEYS = ("n_trials", "direction", "study_name", "storage", "n_jobs", "sampler", "pruner", "params")
+SAMPLERS = ("tpe", "random")
+TRIAL_KEYS = ("+optuna.trial", "+optuna.study", "+optuna.storage")  # what the sweeper adds to each job
+
+
+def check_sweeper(settings: dict) -> dict:
+    """The sweeper's settings, checked: a ConfigError naming `hydra.sweeper.<key>` otherwise."""
+    s = OmegaConf.to_container(OmegaConf.create(dict(settings)), resolve=True)
+    for key in s:
+        if key not in KEYS:
+            raise ConfigError(f"hydra.sweeper.{key}", f"unknown key (known: {', '.join(KEYS)})")
+    n = s.get("n_trials", 20)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError("hydra.sweeper.n_trials", f"{n!r} is not a positive integer")
+    if s.get("direction", "maximize") not in ("maximize", "minimize"):
+        raise ConfigError("hydra.sweeper.direction", f"{s['direction']!r} is not maximize or minimize")
+    jobs = s.get("n_jobs")
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise ConfigError("hydra.sweeper.n_jobs", f"{jobs!r} is not a positive integer")
+    sampler = dict(s.get("sampler") or {})
+    if sampler.get("type", "tpe") not in SAMPLERS:
+        raise ConfigError("hydra.sweeper.sampler.type", f"{sampler['type']!r} is not one of: {', '.join(SAMPLERS)}")
+    for key in sampler:
+        if key not in ("type", "seed", "n_startup_trials"):
+            raise ConfigError(f"hydra.sweeper.sampler.{key}", "unknown key (known: type, seed, n_startup_trials)")
+    from cnnlab.run.trial import make_pruner
+
+    make_pruner(s.get("pruner"))  # its type and keys
+    return {"n_trials": n, "direction": s.get("direction", "maximize"), "study_name": s.get("study_name"),
+            "storage": s.get("storage"), "n_jobs": jobs, "sampler": sampler,
+            "pruner": dict(s.get("pruner") or {"type": "none"}), "params": dict(s.get("params") or {})}
+
+
+def search_space(params: dict, arguments: list[str]) -> tuple[dict, list[str]]:
+    """Optuna distributions by override key, and the fixed overrides every job gets.
+
+    >>> space, fixed = search_space({"optimizer.lr": "tag(log, interval(1e-4, 0.3))", "init": "choice(he, glorot)"},
+    ...                             ["trainer.steps=20", "trainer.seed=1,2"])
+    >>> sorted(space), fixed
+    (['init', 'optimizer.lr', 'trainer.seed'], ['trainer.steps=20'])
+    >>> space["optimizer.lr"].log, space["trainer.seed"].choices
+    (True, (1, 2))
+    """
+    import optuna
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+
+    parser = OverridesParser.create()
+    lines = [f"{k}={v}" for k, v in params.items()]
+    swept_here = {o.get_key_element() for o in parser.parse_overrides(lines) if o.is_sweep_override()}
+    space, fixed = {}, []
+    for o in parser.parse_overrides(list(arguments) + lines):
+        key = o.get_key_element()
+        if not o.is_sweep_override():
+            if key not in swept_here:
+                fixed.append(o.input_line)
+            continue
+        value = o.value()
+        if isinstance(value, ChoiceSweep):
+            space[key] = optuna.distributions.CategoricalDistribution(list(o.sweep_iterator()))
+        elif isinstance(value, RangeSweep):
+            space[key] = optuna.distributions.CategoricalDistribution(list(o.sweep_iterator()))
+        elif isinstance(value, IntervalSweep):
+            log_scale = "log" in value.tags
+            if "int" in value.tags:
+                space[key] = optuna.distributions.IntDistribution(int(value.start), int(value.end), log=log_scale)
+            else:
+                space[key] = optuna.distributions.FloatDistribution(float(value.start), float(value.end),
+                                                                    log=log_scale)
+        else:
+            raise ConfigError(f"hydra.sweeper.params.{key}", f"{o.input_line!r}: not choice(), range() or interval()")
+    return space, fixed
+
+
+def override_value(v) -> str:
+    """A sampled value as an override's value.
+
+    >>> override_value(0.001), override_value(True), override_value("he"), override_value(3)
+    ('0.001', 'true', 'he', '3')
+    """
+    if isinstance(v, bool):
+        return str(v).lower()
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def default_study_name(experiment: str, space: dict, direction: str) -> str:
+    """`<experiment>-<8 hex digits>`: the same experiment and search space give the same study (a re-run resumes)."""
+    import optuna
+
+    text = json.dumps({"space": {k: optuna.distributions.distribution_to_json(d) for k, d in sorted(space.items())},
+                       "direction": direction}, sort_keys=True)
+    return f"{experiment}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+def default_storage(tracking_uri: str) -> str:
+    """`sqlite:///<folder of MLflow's SQLite db>/optuna.db`: Optuna's own database, never MLflow's."""
+    from cnnlab.record.store import DEFAULT_DB, sqlite_path
+
+    folder = (sqlite_path(tracking_uri) or DEFAULT_DB).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'optuna.db'}"
+
+
+def make_sampler(spec: dict, parallel: bool):
+    import optuna
+
+    if spec.get("type", "tpe") == "random":
+        return optuna.samplers.RandomSampler(seed=spec.get("seed"))
+    # constant_liar: trials in flight count as if they had scored badly, so parallel trials spread out
+    return optuna.samplers.TPESampler(seed=spec.get("seed"), n_startup_trials=spec.get("n_startup_trials", 10),
+                                      constant_liar=parallel)
+
+
+def retried_numbers(study) -> set[int]:
+    """Trials failed by a stopped sweep whose parameters were enqueued again (user attribute cnnlab.retry_of)."""
+    return {t.user_attrs["cnnlab.retry_of"] for t in study.get_trials(deepcopy=False)
+            if "cnnlab.retry_of" in t.user_attrs}
+
+
+def trials_done(study) -> int:
+    """Trials that count towards `n_trials`: COMPLETE, PRUNED, and FAIL unless they are being retried."""
+    from optuna.trial import TrialState
+
+    ended = [t for t in study.get_trials(deepcopy=False)
+             if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
+    retried = retried_numbers(study)
+    return sum(1 for t in ended if not (t.state == TrialState.FAIL and t.number in retried))
+
+
+def fail_and_retry(study, trials, why: str) -> None:
+    """Mark RUNNING trials FAIL and enqueue their parameters again (the next ask gets them first)."""
+    from optuna.trial import TrialState
+
+    for t in trials:
+        params = t.params
+        try:
+            study.tell(t.number, state=TrialState.FAIL)
+        except Exception:
+            continue  # ended meanwhile
+        study.enqueue_trial(params, user_attrs={"cnnlab.retry_of": t.number}, skip_if_exists=False)
+        log.info(f"optuna: trial {t.number} FAIL ({why}); its parameters will be retried")
+
+
+def recover(study) -> int:
+    """Trials left RUNNING by a sweep that is gone (its process on this host): FAIL, parameters retried."""
+    from optuna.trial import TrialState
+
+    from cnnlab.record.liveness import owner_alive
+
+    dead = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = t.user_attrs.get("cnnlab.owner")
+        if owner is None or not owner_alive(owner):
+            dead.append(t)
+    fail_and_retry(study, dead, "its sweep was killed")
+    return len(dead)
+
+
+def run_study(sweeper, arguments: list[str]):
+    """The sweep: ask, launch, tell until the study has `n_trials`; then the study into the MLflow parent."""
+    from cnnlab.cli import fail
+
+    try:
+        return _run_study(sweeper, arguments)
+    except ConfigError as e:
+        fail(str(e))
+
+
+def _run_study(sweeper, arguments: list[str]):
+    import optuna
+    from hydra.core.utils import JobStatus
+    from optuna.trial import TrialState
+
+    from cnnlab.config.guard import redact_text
+    from cnnlab.record.liveness import process_tags
+    from cnnlab.record.tracking import check_tracking, tracking_uri
+    from cnnlab.run.trial import Pruned, open_storage
+
+    optuna.logging.set_verbosity(logging.WARNING)
+    config: DictConfig = sweeper.config
+    spec = check_sweeper(sweeper.settings)
+    space, fixed = search_space(spec["params"], arguments)
+    if not space:
+        raise ConfigError("hydra.sweeper.params", "is empty: give the search space, e.g. "
+                                                  "optimizer.lr: tag(log, interval(1e-4, 0.3))")
+    tracking = check_tracking(OmegaConf.to_container(config.tracking, resolve=True))
+    uri = tracking_uri(tracking)
+    url = spec["storage"] or default_storage(uri)
+    name = spec["study_name"] or default_study_name(tracking.experiment, space, spec["direction"])
+    n_jobs = spec["n_jobs"] or int(getattr(sweeper.launcher, "n_jobs", 1) or 1)
+    try:
+        storage = open_storage(url)
+        study = optuna.create_study(study_name=name, storage=storage, direction=spec["direction"],
+                                    sampler=make_sampler(spec["sampler"], n_jobs > 1), load_if_exists=True)
+    except Exception as e:
+        raise ConfigError("hydra.sweeper.storage", f"cannot open the Optuna study {name!r} at "
+                                                   f"{redact_text(url)!r}: {str(e).splitlines()[0][:300]}") from None
+    if study.direction.name.lower() != spec["direction"]:
+        raise ConfigError("hydra.sweeper.direction", f"{spec['direction']!r} but study {name!r} in that storage "
+                                                     f"{study.direction.name.lower()}s: name another study_name")
+    study.set_user_attr("cnnlab.pruner", spec["pruner"])  # every job's reporter prunes with it (cnnlab.run.trial)
+    recovered = recover(study)
+    done = trials_done(study)
+    to_ask = max(0, spec["n_trials"] - done)
+    shown = redact_text(url)
+    print(f"optuna: study {name} in {shown}: {done} trials done"
+          + (f", {recovered} left RUNNING by a killed sweep now FAIL and retried" if recovered else "")
+          + f"; {to_ask} to run, {n_jobs} at a time, pruner {spec['pruner'].get('type', 'none')}", flush=True)
+    parent = next((a.split("=", 1)[1] for a in arguments if a.startswith("tracking.parent_run_id=")), None)
+    tracker = None
+    if parent and tracking.enabled:
+        from cnnlab.record.tracking import Tracker
+
+        tracker = Tracker.attach(uri, parent)
+        tracker.set_tags({"optuna.study_name": name, "optuna.storage": shown, "optuna.direction": spec["direction"],
+                          "optuna.n_trials": str(spec["n_trials"]), "optuna.trials_before": str(done),
+                          "optuna.pruner": json.dumps(spec["pruner"]), "cnnlab.sweep.kind": "optuna"})
+
+    owner = process_tags()
+    in_flight: dict[int, optuna.trial.Trial] = {}
+    asked = [0]
+    results = []
+
+    def next_job():
+        if asked[0] >= to_ask:
+            return None
+        asked[0] += 1
+        trial = study.ask(space)
+        trial.set_user_attr("cnnlab.owner", owner)
+        in_flight[trial.number] = trial
+        overrides = [*fixed, *(f"{k}={override_value(v)}" for k, v in trial.params.items()),
+                     f"+optuna.trial={trial.number}", f"+optuna.study={name}", f"+optuna.storage='{url}'"]
+        return trial.number, overrides
+
+    def on_result(number, ret):
+        trial = in_flight.pop(number)
+        results.append(ret)
+        value = ret._return_value if ret.status == JobStatus.COMPLETED else None
+        if isinstance(value, Pruned):
+            study.tell(trial, state=TrialState.PRUNED)
+            how = f"PRUNED at step {value.step}"
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            study.tell(trial, float(value))
+            how = f"COMPLETE, value {value:.4f}"
+        else:  # a failed, diverged or lost job: its child run says why
+            study.tell(trial, state=TrialState.FAIL)
+            how = "FAIL"
+        log.info(f"optuna: trial {number} {how}")
+
+    try:
+        if hasattr(sweeper.launcher, "launch_stream"):  # hydra/launcher=cnnlab: a trial per free worker
+            sweeper.launcher.launch_stream(next_job, on_result)
+        else:  # a launcher that runs a list at a time: batches of n_jobs
+            index = 0
+            while True:
+                batch = [job for job in (next_job() for _ in range(n_jobs)) if job is not None]
+                if not batch:
+                    break
+                numbers = [number for number, _ in batch]
+                for number, ret in zip(numbers, sweeper.launcher.launch([o for _, o in batch], index)):
+                    on_result(number, ret)
+                index += len(batch)
+    except BaseException:  # Ctrl-C, SIGTERM, a launcher's error: no trial stays RUNNING
+        fail_and_retry(study, list(in_flight.values()), "its sweep stopped")
+        raise
+    summarize(study, tracker, spec["direction"], len(space))
+    return [results]
+
+
+def summarize(study, tracker, direction: str, n_params: int) -> None:
+    """Print the best trial; give the MLflow parent its value, parameters and Optuna's plots."""
+    import tempfile
+    from pathlib import Path
+
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED,
+                                                                    TrialState.FAIL)}
+    try:
+        best = study.best_trial
+    except ValueError:
+        best = None
+    print(f"optuna: study {study.study_name}: {len(trials)} trials ({counts['COMPLETE']} complete, "
+          f"{counts['PRUNED']} pruned, {counts['FAIL']} failed)"
+          + (f"; best trial {best.number}: value {best.value:.4f} with "
+             + " ".join(f"{k}={override_value(v)}" for k, v in best.params.items()) if best else ""), flush=True)
+    if tracker is None:
+        return
+    tags = {"optuna.trials": str(len(trials)), **{f"optuna.trials_{k.lower()}": str(v) for k, v in counts.items()}}
+    if best:
+        tags.update({"optuna.best_trial": str(best.number),
+                     **{f"optuna.best.{k}": override_value(v) for k, v in best.params.items()}})
+        tracker.log_metrics(0, {"best_value": best.value})
+    tracker.set_tags(tags)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "optuna"
+        folder.mkdir()
+        study_plots(study, folder, n_params)
+        (folder / "trials.csv").write_text(study.trials_dataframe().to_csv(index=False)
+                                           if _has_pandas() else "")
+        tracker.log_artifacts(folder.parent)
+
+
+def _has_pandas() -> bool:
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def study_plots(study, folder, n_params: int) -> list[str]:
+    """Optuna's matplotlib plots into `folder`: history; importances (>= 2 params, >= 4 complete); intermediates."""
+    import optuna.visualization.matplotlib as vis
+    from optuna.trial import TrialState
+
+    from cnnlab.record.plots import pyplot
+
+    plt = pyplot()
+    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    plots = [("optimization_history.png", vis.plot_optimization_history),
+             ("intermediate_values.png", vis.plot_intermediate_values)]
+    if n_params >= 2 and complete >= 4:
+        plots.append(("param_importances.png", vis.plot_param_importances))
+    made = []
+    for filename, plot in plots:
+        started = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna's matplotlib plots are "experimental"
+                ax = plot(study)
+            fig = (ax if hasattr(ax, "figure") else ax.flat[0]).figure
+            fig.set_size_inches(8, 5)
+            fig.tight_layout()
+            fig.savefig(folder / filename, dpi=100)
+            plt.close(fig)
+            made.append(filename)
+        except Exception as e:  # a plot is a nicety: say why it is missing
+            log.warning(f"optuna: no {filename}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        log.debug(f"optuna: {filename} in {time.perf_counter() - started:.1f} s")
+    return made

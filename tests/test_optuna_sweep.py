@@ -1,0 +1,95 @@
+"""hydra/sweeper=cnnlab_optuna end to end: a real (tiny) study with pruning, 2 parallel workers, a killed
+sweep's trial recovered, and a resume that continues the same study to a larger n_trials."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from conftest import run_cli
+
+STUDY = "test-study"
+
+
+def sweep(tmp_path, n_trials: int, *extra: str):
+    return run_cli(
+        "-m", "hydra/sweeper=cnnlab_optuna", "model=tiny", "dataset=synthetic", "optimizer=adam",
+        "trainer.steps=6", "trainer.eval_every=2", "tracking.log_model=false", "tracking.experiment=optuna_test",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"hydra.sweep.dir={tmp_path}/multirun",
+        f"hydra.sweeper.n_trials={n_trials}", f"hydra.sweeper.study_name={STUDY}",
+        "hydra.sweeper.sampler.type=random", "hydra.sweeper.pruner.n_startup_trials=1",
+        # a learning rate too small to learn in 6 steps is a trial the median pruner stops
+        "hydra.sweeper.params={optimizer.lr: 'choice(0.00001, 0.02)', init: 'choice(he, glorot)'}",
+        *extra, timeout=300)
+
+
+def test_a_study_prunes_runs_in_parallel_recovers_a_killed_trial_and_resumes(tmp_path):
+    import optuna
+    from mlflow.tracking import MlflowClient
+    from optuna.trial import TrialState
+
+    from cnnlab.record.liveness import HOST, PID, STARTED
+
+    first = sweep(tmp_path, 4, "hydra.launcher.n_jobs=2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "0 trials done; 4 to run, 2 at a time, pruner median" in first.stdout
+    storage = f"sqlite:///{tmp_path}/optuna.db"  # beside MLflow's store, its own database
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    assert len(study.trials) == 4 and not study.get_trials(states=(TrialState.RUNNING,))
+
+    # a sweep killed outright left a trial RUNNING: its process is gone
+    killed = study.ask({"optimizer.lr": optuna.distributions.CategoricalDistribution([0.00001, 0.02]),
+                        "init": optuna.distributions.CategoricalDistribution(["he", "glorot"])})
+    killed.set_user_attr("cnnlab.owner", {HOST: socket.gethostname(), PID: "999999999", STARTED: "1"})
+
+    # the same study again, to 6 trials, with a launcher that runs a list at a time (batches)
+    second = sweep(tmp_path, 6, "hydra/launcher=basic")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "4 trials done, 1 left RUNNING by a killed sweep now FAIL and retried; 2 to run" in second.stdout
+    trials = optuna.load_study(study_name=STUDY, storage=storage).trials
+    states = [t.state for t in trials]
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    assert trials[killed.number].state == TrialState.FAIL
+    retry = [t for t in trials if t.user_attrs.get("cnnlab.retry_of") == killed.number]
+    assert len(retry) == 1 and retry[0].params == killed.params and retry[0].state != TrialState.FAIL
+    assert len(trials) == 7 and sorted(t.number for t in trials) == list(range(7))  # 6 counted + the failed one
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned, [(t.params, t.intermediate_values) for t in trials]
+    assert all(t.intermediate_values for t in trials if t.state != TrialState.FAIL)  # reported at each evaluation
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("optuna_test")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("cnnlab.sweep") == "parent"]
+    assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
+    newest = max(parents, key=lambda r: r.info.start_time)
+    assert newest.data.tags["optuna.study_name"] == STUDY and newest.data.tags["optuna.storage"] == storage
+    best = optuna.load_study(study_name=STUDY, storage=storage).best_trial
+    assert newest.data.metrics["best_value"] == pytest.approx(best.value)
+    assert newest.data.tags["optuna.best.init"] == best.params["init"]
+    files = {f.path for f in client.list_artifacts(newest.info.run_id, "optuna")}
+    assert {"optuna/optimization_history.png", "optuna/intermediate_values.png"} <= files
+    children = [r for r in runs if r.data.tags.get("cnnlab.sweep") != "parent"]
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == [t.number for t in trials
+                                                                         if t.number != killed.number]
+    for run in children:
+        trial = trials[int(run.data.tags["optuna.trial"])]
+        assert run.info.status == "FINISHED"
+        assert ("pruned_at_step" in run.data.tags) == (trial.state == TrialState.PRUNED)
+        if trial.state == TrialState.PRUNED:  # stopped at once: no step past the one it was pruned at
+            assert int(run.data.tags["pruned_at_step"]) == max(trial.intermediate_values) < 6
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("hydra.sweeper.pruner.type=bogus",
+     "error: hydra.sweeper.pruner.type: 'bogus' is not one of: median, hyperband, none"),
+    ("hydra.sweeper.n_trials=0", "error: hydra.sweeper.n_trials: 0 is not a positive integer"),
+    ("dry_run=true", "error: dry_run: true: an Optuna study's trials must train"),
+])
+def test_a_bad_study_setting_is_one_line_and_exit_2_before_any_run(tmp_path, override, expected):
+    p = run_cli("-m", "+experiment=optuna_lr_init", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                f"hydra.sweep.dir={tmp_path}/multirun", override, timeout=120)
+    assert p.returncode == 2, p.stderr[-2000:]
+    lines = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith(expected), p.stderr[-2000:]
+    assert not (tmp_path / "mlflow.db").exists()  # no parent run was made for it
