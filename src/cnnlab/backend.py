@@ -13,13 +13,41 @@ Keras imports and its devices are listed, and replayed if that fails.
 
 import contextlib
 import os
+import signal
 import sys
 import tempfile
+import threading
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ start-up chatter
 # concurrent sweep jobs share one GPU: no backend may grab all of its memory up front
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Ctrl-C and SIGTERM during the block are delivered as it ends, to the handlers in place before it.
+
+    Raised inside a library's import, an interrupt can be swallowed by the library's own `except`
+    (the run then trained to its end) and leave that module's import lock taken, so the recorder's
+    thread, importing MLflow (the same numpy/scipy modules), waited forever (`benchmarks/ctrl_c.py`:
+    SIGINT ~4 s after launch). The block is the few seconds of Keras's import.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(sig, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            signal.raise_signal(received[0])
 
 
 @contextlib.contextmanager
@@ -59,7 +87,7 @@ from cnnlab.threads import (  # noqa: E402
 size_thread_pools(job_cpus())  # a sweep job uses its share of the machine's cores, no more
 split_cpu_for_jax(simulated_cpu_devices())  # $CNNLAB_CPU_DEVICES (tests of trainer.devices): before JAX starts
 
-with native_stderr_held_back():
+with signals_deferred(), native_stderr_held_back():
     import keras  # noqa: E402
 
     if keras.backend.backend() == "tensorflow":
@@ -104,7 +132,7 @@ def device_name() -> str:
 def set_random_seed(seed: int) -> None:
     """`keras.utils.set_random_seed`, whose first call imports TensorFlow (to seed tf.data) on every backend:
     on JAX or torch that import's start-up lines are held back like Keras's own."""
-    with native_stderr_held_back():
+    with signals_deferred(), native_stderr_held_back():
         keras.utils.set_random_seed(seed)
 
 

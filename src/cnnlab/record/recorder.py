@@ -31,11 +31,13 @@ import json
 import logging
 import os
 import platform
+import queue
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 from cnnlab.record.store import REPO_ROOT
@@ -72,6 +74,41 @@ def _warm_up() -> None:
     logging.getLogger("mlflow").setLevel(logging.CRITICAL)
 
 
+class OrderedThread:
+    """One daemon thread that runs what is submitted, in order; `submit` returns a Future.
+
+    Not `ThreadPoolExecutor(1)`, whose thread the interpreter joins at exit: a Ctrl-C that lands
+    inside an import on the main thread can leave that module's import lock taken, and a recorder
+    thread importing MLflow (which imports the same modules) then waits forever, and the process
+    with it (seen with `benchmarks/ctrl_c.py`, SIGINT 4.0 s after launch). A run's own calls are
+    all waited for by `Recorder.end`; nothing else needs the thread at exit.
+    """
+
+    def __init__(self, name: str):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name=name, daemon=True).start()
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        self._queue.put((future, fn, args))
+        return future
+
+    def shutdown(self) -> None:
+        """Run what is queued, then stop the thread."""
+        last = self.submit(lambda: None)
+        self._queue.put(None)
+        last.result()
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, fn, args = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as e:  # (kept for whoever waits on it)
+                    future.set_exception(e)
+
+
 class Recorder:
     """The run's MLflow record, in this process.
 
@@ -84,7 +121,7 @@ class Recorder:
     def __init__(self):
         from cnnlab.record.store import OUTAGE_ENV, OUTAGE_SECONDS
 
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="cnnlab-mlflow")
+        self._pool = OrderedThread("cnnlab-mlflow")
         from cnnlab.spool import spool_root
 
         self.outage_seconds = float(os.environ.get(OUTAGE_ENV, OUTAGE_SECONDS))
@@ -186,8 +223,10 @@ class Recorder:
             return
         from cnnlab.errors import ConfigError, Diverged
 
-        if status == "KILLED" and self.tracker is None:
-            self._cancelled = True  # interrupted before its run was made: make none (if not under way already)
+        if status == "KILLED" and self.tracker is None:  # interrupted before its run was made: make none
+            self._cancelled = True  # (if one is being made right now, the next command ends it KILLED)
+            self.closed = True  # and wait for nothing: the thread may be inside an import the interrupt broke
+            return
         if status == "FAILED" and not isinstance(cause, (Diverged, ConfigError, TrackingError)):
             self._call("set_tags", {"error": f"{type(cause).__name__}: {str(cause)[:4000]}"})  # say why
         with contextlib.suppress(Exception):
@@ -201,7 +240,7 @@ class Recorder:
         if self.closed:
             return
         self.closed = True
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown()
         for key in self._env_set:
             os.environ.pop(key, None)
 
