@@ -23,7 +23,8 @@ from cnnlab.model.builder import build_model, verify_model
 from cnnlab.record.export import save_run_model
 from cnnlab.record.logged_model import dataset_inputs
 from cnnlab.record.plots import confusion_counts, confusion_matrix, run_figures
-from cnnlab.record.recorder import NullRecorder, Recorder, TrackingError, run_files, run_tags
+from cnnlab.record.recorder import NullRecorder, Recorder, TrackingError
+from cnnlab.record.run_info import run_files, run_tags
 from cnnlab.record.store import check_store, redact_uri
 from cnnlab.record.tracking import flatten, tracking_uri
 from cnnlab.run.checkpoints import checkpoint_root, latest, remove, restore
