@@ -1,4 +1,4 @@
-"""Issue 11's acceptance, measured: parallel first runs, a killed tracking helper or sweep worker, bad stores and data.
+"""Issue 11's acceptance, measured: parallel first runs, a killed run or sweep worker, bad stores and data.
 
     python benchmarks/faults.py                       # all four, defaults below
     python benchmarks/faults.py --runs 6 --repeats 5  # parallel first runs only: --only parallel

@@ -92,10 +92,7 @@ def main() -> None:
         proc.wait()
         run_id = found[0].parent.name
         client, _ = runs(killed)
-        for _ in range(300):  # its tracking helper ends the orphaned run
-            if client.get_run(run_id).info.status != "RUNNING":
-                break
-            time.sleep(0.2)
+        # nobody could end the run: the resume below, the next command to open the store, ends it KILLED
         done = len(client.get_metric_history(run_id, "val_loss"))
         print(f"killed: run {run_id} SIGKILLed ~{(middle - state['step']) * per_step:.1f} s after its step-"
               f"{state['step']} checkpoint (~step {middle}), status {client.get_run(run_id).info.status}, "

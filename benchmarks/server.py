@@ -109,7 +109,7 @@ def load(server: TeamServer, client, jobs: int, steps: int) -> None:
     probe = client.create_run(client.create_experiment("latency-probe")).info.run_id
     latencies, stop = [], threading.Event()
 
-    def probe_loop():  # one evaluation's worth of metrics, as a run's helper sends them
+    def probe_loop():  # one evaluation's worth of metrics, as a run's recorder sends them
         step = 0
         while not stop.is_set():
             step += 1
