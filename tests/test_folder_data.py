@@ -200,7 +200,8 @@ def test_bad_folders_are_one_line_and_no_run(compose, tmp_path, breakage, says):
 
 
 def test_a_given_num_classes_must_match_the_folders(tmp_path):
-    from cnnlab.data.datasets import check_dataset, describe_data
+    from cnnlab.data.datasets import check_dataset
+    from cnnlab.data.describe import describe_data
 
     write_photos(tmp_path / "photos", per_class=2)
     spec = check_dataset({"name": "folder", "path": str(tmp_path / "photos"), "input_shape": [8, 8, 3],
@@ -294,7 +295,8 @@ def test_deterministic_augmented_runs_are_bit_exact_and_served_models_do_not_aug
 
 
 def test_dry_run_checks_split_sizes_without_decoding():
-    from cnnlab.data.datasets import check_dataset, describe_data
+    from cnnlab.data.datasets import check_dataset
+    from cnnlab.data.describe import describe_data
 
     spec = check_dataset({"name": "mnist", "input_shape": [28, 28, 1], "num_classes": 10, "val_size": 70000})
     if MNIST.is_file():
@@ -318,7 +320,8 @@ def test_cli_dry_run_shows_the_folder_and_augmentation_and_a_corrupt_image_exits
     assert "data: folder: 38 train, 2 val, 10 test images, 10 classes" in p.stdout
     assert "augment: shift, on training batches only: shift: translation(" in p.stdout
     (root / "four" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    from cnnlab.data.datasets import check_dataset, describe_data
+    from cnnlab.data.datasets import check_dataset
+    from cnnlab.data.describe import describe_data
 
     with pytest.raises(DataError, match="four/broken.png is not a readable image"):  # the dry run's header check
         describe_data(check_dataset({"name": "folder", "path": str(root), "input_shape": [28, 28, 1],

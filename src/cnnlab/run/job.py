@@ -121,7 +121,7 @@ def dry_run(cfg, run) -> None:
     """Print the resolved config and the shape table, build the Keras model, check that it agrees."""
     from omegaconf import OmegaConf
 
-    from cnnlab.data.datasets import describe_data
+    from cnnlab.data.describe import describe_data
     from cnnlab.model.builder import build_model, shape_table, verify_model
 
     say(OmegaConf.to_yaml(OmegaConf.create(run.resolved)))  # secrets redacted
