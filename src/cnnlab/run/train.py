@@ -72,7 +72,7 @@ def evaluate(model, data, from_logits: bool) -> tuple[dict, np.ndarray]:
 
 
 def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
-          parent_run_id: str | None = None, name: str | None = None, release: bool = True) -> dict:
+          name: str | None = None, release: bool = True) -> dict:
     """Train and evaluate one validated run; record it in MLflow unless `tracking.enabled` is false.
 
     Returns the final metrics. Raises `DataError` (before any run exists) for bad data,
@@ -82,7 +82,7 @@ def train(run, overrides: list[str] | tuple = (), choices: dict | None = None,
     """
     if run.tracking.enabled:
         check_store(tracking_uri(run.tracking))  # an unusable store: one line now, not after the imports
-    parent_run_id = parent_run_id or run.tracking.parent_run_id
+    parent_run_id = run.tracking.parent_run_id  # a sweep's job: its callback set it in the job's config
     if parent_run_id and run.resume:  # a resumed sweep: this job's earlier child decides (cnnlab.run.resume)
         from cnnlab.run.resume import sweep_job_plan
 
