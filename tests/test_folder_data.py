@@ -331,3 +331,39 @@ def test_cli_dry_run_shows_the_folder_and_augmentation_and_a_corrupt_image_exits
     (line,) = [s for s in p.stderr.strip().splitlines() if s.strip()]
     assert "four/broken.png is not a readable image" in line
     assert not (tmp_path / "mlflow.db").exists() or not runs(f"sqlite:///{tmp_path}/mlflow.db")[1]
+
+
+def test_a_streamed_folder_trains_exactly_as_a_loaded_one(compose, digits, tmp_path, monkeypatch):
+    """`dataset.in_memory=false`: the splits stay views of the memory-mapped cache, read and scaled a batch at a
+    time (training and validation batches, the test pass), and the run is the loaded run to the bit."""
+    from cnnlab.data import datasets
+    from cnnlab.data.lazy import LazyImages
+    from cnnlab.run.train import train
+
+    common = ["trainer.steps=20", "trainer.eval_every=10", "trainer.deterministic=true", "tracking=none",
+              "dataset.val_size=40", "dataset.normalize={mean:[0.13],std:[0.3]}"]
+    loaded = folder_config(compose, digits, tmp_path, *common, "dataset.in_memory=true")
+    streamed = folder_config(compose, digits, tmp_path, *common, "dataset.in_memory=false")
+    a, b = datasets.load_data(loaded.dataset), datasets.load_data(streamed.dataset)
+    assert all(isinstance(x, np.ndarray) for x in (a.x_train, a.x_val, a.x_test))
+    assert all(isinstance(x, LazyImages) for x in (b.x_train, b.x_val, b.x_test))
+    for x, lazy in ((a.x_train, b.x_train), (a.x_val, b.x_val), (a.x_test, b.x_test)):
+        assert x.shape == lazy.shape and x.dtype == lazy.dtype and np.array_equal(x, np.asarray(lazy))
+    assert train(loaded)["test_loss"] == train(streamed)["test_loss"]  # tf.data gather vs batches read from disk
+
+    # auto streams when the float32 splits would take over a quarter of the memory available
+    monkeypatch.setattr(datasets, "available_memory", lambda: 4 * a.x_train.nbytes)
+    auto = folder_config(compose, digits, tmp_path, *common)
+    assert isinstance(datasets.load_data(auto.dataset).x_train, LazyImages)
+    monkeypatch.setattr(datasets, "available_memory", lambda: 400 * a.x_train.nbytes)
+    assert isinstance(datasets.load_data(auto.dataset).x_train, np.ndarray)
+
+    # dataset.normalize=auto on a streamed split: the loaded split's statistics to within float64 rounding
+    stats = [datasets.load_data(folder_config(compose, digits, tmp_path, *common[:-1], "dataset.normalize=auto",
+                                              f"dataset.in_memory={m}").dataset).normalize for m in ("true", "false")]
+    assert np.allclose(stats[0], stats[1], rtol=1e-9, atol=0)
+
+
+def test_in_memory_takes_auto_true_or_false(compose, digits, tmp_path):
+    with pytest.raises(Exception, match=r"dataset\.in_memory: expected auto, true or false, got 'yes'"):
+        folder_config(compose, digits, tmp_path, "dataset.in_memory=yes")

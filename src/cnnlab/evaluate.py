@@ -29,6 +29,7 @@ import numpy as np
 from cnnlab.cli import EXIT_TRACKING, Arguments, fail, run_command
 from cnnlab.data.checks import scale_pixels
 from cnnlab.data.datasets import SPLITS, DatasetConfig, normalize_stats, normalized, raw_split
+from cnnlab.data.lazy import LazyImages, channel_stats
 from cnnlab.errors import ConfigError
 from cnnlab.record.logged_model import dataset_input, log_inputs, split_input
 from cnnlab.record.model_ref import check_fits, load_pyfunc, option_dataset, resolve, run_dataset
@@ -82,9 +83,25 @@ def scores(probabilities: np.ndarray, labels: np.ndarray, split: str) -> dict[st
     return {f"{split}_loss": loss, f"{split}_accuracy": accuracy}
 
 
-def predict(model, x: np.ndarray, batch: int = 2000) -> np.ndarray:
-    """The pyfunc model's probabilities for `x`, a batch at a time (bounded memory for any split)."""
-    return np.concatenate([np.asarray(model.predict(x[i : i + batch])) for i in range(0, len(x), batch)])
+def predict(model, x, dtype, batch: int = 2000) -> np.ndarray:
+    """The pyfunc model's probabilities for `x` (an array, or a folder's lazy split) as `dtype` images,
+    a batch at a time (bounded memory for any split)."""
+    return np.concatenate([np.asarray(model.predict(np.asarray(x[i : i + batch]).astype(dtype, copy=False)))
+                           for i in range(0, len(x), batch)])
+
+
+def scaled_split(dataset, x, raw):
+    """The split as training saw it: scaled and `dataset.normalize`d (a folder's stays lazy)."""
+    if isinstance(x, LazyImages):
+        scaled = x.scaled(raw.pixel_range)
+        if not dataset.normalize:
+            return scaled
+        auto = dataset.normalize == "auto"
+        return scaled.normalized(channel_stats(raw.x_train.scaled(raw.pixel_range)) if auto
+                                 else normalize_stats(dataset, None))
+    scaled = scale_pixels(x, raw.pixel_range)
+    stats = normalize_stats(dataset, scale_pixels(raw.x_train, raw.pixel_range)) if dataset.normalize else None
+    return normalized(scaled, stats) if stats else scaled
 
 
 def evaluate(argv: list[str]) -> dict:
@@ -102,15 +119,14 @@ def evaluate(argv: list[str]) -> dict:
                           f"{dataset.name} holds {x.dtype} pixels but {ref.uri} takes {ref.dtype} images")
     started = time.perf_counter()
     model = load_pyfunc(ref.uri)  # imports TensorFlow: only once all the checks passed
-    probabilities = predict(model, x.astype(ref.dtype, copy=False))
+    probabilities = predict(model, x, ref.dtype)
     metrics = scores(probabilities, y, args.split)
     matrix = confusion_counts(y, np.argmax(probabilities, axis=-1), ref.classes)
     seconds = time.perf_counter() - started
     # described as a training run describes it (the images scaled as it trained on them): the same digest
-    scaled = scale_pixels(x, raw.pixel_range)
-    stats = normalize_stats(dataset, scale_pixels(raw.x_train, raw.pixel_range)) if dataset.normalize else None
+    scaled = scaled_split(dataset, x, raw)
     data = split_input(f"{dataset.name}-{CONTEXT[args.split]}", CONTEXT[args.split],
-                       normalized(scaled, stats) if stats else scaled, y, raw.source, raw.raw_dtype)
+                       scaled, y, raw.source, raw.raw_dtype)
     names = ref.class_names or (list(raw.class_names) if raw.class_names and len(raw.class_names) == ref.classes
                                 else [str(c) for c in range(ref.classes)])
     run_id = record(client, ref, dataset, args.split, data, metrics, matrix, names)

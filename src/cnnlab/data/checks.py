@@ -68,7 +68,8 @@ def check_raw_split(x, y, split: str, spec, source: str, key: str):
 
     What a served model takes (`cnnlab.record.export`): e.g. uint8 MNIST images with their channel axis.
     """
-    x, y = np.asarray(x), np.asarray(y)
+    x = x if hasattr(x, "chunks") else np.asarray(x)  # a folder's lazy split (cnnlab.data.lazy) is not loaded
+    y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y.reshape(-1)  # CIFAR-10 ships labels as (n, 1)
     if y.ndim != 1:
@@ -91,7 +92,7 @@ def check_pixels(x: np.ndarray, split: str, spec, source: str, key: str) -> np.n
         raise DataError(key, f"x_{split} in {source} holds {x.dtype} values; expected numbers (uint8 or float pixels)")
     given = spec.pixel_range
     lo, hi = source_range(x.dtype, given)
-    if not x.size:
+    if not len(x) or (x.dtype == np.uint8 and not given):  # uint8 in [0, 255]: nothing to check, nothing read
         return x
     low, high = x.min(), x.max()  # NaN propagates through min/max, so two reductions test finiteness
     if not (np.isfinite(low) and np.isfinite(high)):

@@ -40,6 +40,7 @@ from cnnlab.config.fields import (
     string,
 )
 from cnnlab.data.checks import check_not_empty, check_raw_split, pixel_range, scale_pixels, source_range
+from cnnlab.data.lazy import LazyImages, available_memory, channel_stats
 from cnnlab.errors import ConfigError, DataError
 
 DATA_DIR_ENV = "CNNLAB_DATA_DIR"
@@ -84,6 +85,13 @@ def normalize_rule(v, path: str):
     return out
 
 
+def in_memory_rule(v, path: str):
+    """`dataset.in_memory`: auto, true or false."""
+    if v == "auto" or isinstance(v, bool):
+        return v
+    raise ConfigError(path, f"expected auto, true or false, got {show(v)}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class DatasetConfig:
     """A checked `dataset` group: each key's type, rule and default, declared once (`cnnlab.config.fields.rule`)."""
@@ -105,6 +113,9 @@ class DatasetConfig:
     cache_dir: str | None = rule(optional(string), None)
     # inside the model, after the scaling to [0, 1]: (x - mean) / std per channel
     normalize: str | dict | None = rule(normalize_rule, None)
+    # dataset=folder: true loads the scaled splits; false reads batches from the memory-mapped cache;
+    # auto loads them when they need under a quarter of the memory available (cnnlab.data.lazy)
+    in_memory: str | bool = rule(in_memory_rule, "auto")
 
 
 def check_dataset(cfg, path: str = "dataset") -> DatasetConfig:
@@ -132,7 +143,10 @@ def check_dataset(cfg, path: str = "dataset") -> DatasetConfig:
 
 @dataclass
 class Data:
-    """Pixels scaled to [0, 1] (float32, NHWC) and integer labels, split three ways (`load_raw`: unscaled)."""
+    """Pixels scaled to [0, 1] (float32, NHWC) and integer labels, split three ways (`load_raw`: unscaled).
+
+    A folder's splits may be `cnnlab.data.lazy.LazyImages` (read from the cache a batch at a time).
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -158,12 +172,31 @@ def data_file(spec: DatasetConfig) -> Path | None:
 def load_data(spec: DatasetConfig) -> Data:
     """Load, check, scale and split the data set a validated `dataset` config names. Raises DataError."""
     raw = load_raw(spec)
-    scale = [scale_pixels(x, raw.pixel_range) for x in (raw.x_train, raw.x_val, raw.x_test)]
-    stats = normalize_stats(spec, scale[0])
-    if stats:
-        scale = [normalized(x, stats) for x in scale]
+    splits = (raw.x_train, raw.x_val, raw.x_test)
+    if isinstance(raw.x_train, LazyImages) and not streamed(spec, splits):
+        splits = tuple(np.asarray(x) for x in splits)
+    if isinstance(splits[0], LazyImages):
+        scale = [x.scaled(raw.pixel_range) for x in splits]
+        stats = (channel_stats(scale[0]) if spec.normalize == "auto" else normalize_stats(spec, None)) \
+            if spec.normalize else None
+        if stats:
+            scale = [x.normalized(stats) for x in scale]
+    else:
+        scale = [scale_pixels(x, raw.pixel_range) for x in splits]
+        stats = normalize_stats(spec, scale[0])
+        if stats:
+            scale = [normalized(x, stats) for x in scale]
     return Data(scale[0], raw.y_train, scale[1], raw.y_val, scale[2], raw.y_test, raw.source,
                 raw.raw_dtype, raw.pixel_range, raw.class_names, stats)
+
+
+def streamed(spec: DatasetConfig, splits) -> bool:
+    """Whether a folder's splits stay in the cache (read a batch at a time) rather than load: `dataset.in_memory`."""
+    if spec.in_memory != "auto":
+        return not spec.in_memory
+    need = sum(len(x) for x in splits) * int(np.prod(splits[0].shape[1:])) * 4  # float32, as training sees them
+    free = available_memory()
+    return free is not None and need > free // 4
 
 
 def normalize_stats(spec: DatasetConfig, x_train_scaled: np.ndarray):

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnlab.data.lazy import LazyImages
 from cnnlab.errors import DataError
 
 KEY = "dataset.path"
@@ -272,13 +273,15 @@ def folder_arrays(spec) -> tuple[tuple, str, list[str]]:
     if "test" in arrays:
         (x, y), (x_test, y_test) = arrays["train"], arrays["test"]
         order = np.random.default_rng(rng_seed).permutation(len(y))
+        x_test = LazyImages(x_test)
     else:
         x, y = arrays["all"]
         order, test = stratified_split(y, spec.test_split, rng_seed)
-        x_test, y_test = x[test], y[test]
+        x_test, y_test = LazyImages(x, test), y[test]
     if not len(y_test):
         raise DataError("dataset.test_split", f"{spec.test_split} leaves no test images in {scan.root}")
-    return (x[order], y[order], x_test, y_test), str(scan.root), scan.classes
+    # views of the memory-mapped cache: nothing is read until used (cnnlab.data.datasets.streamed)
+    return (LazyImages(x, order), y[order], x_test, y_test), str(scan.root), scan.classes
 
 
 def check_headers(scan: FolderScan) -> None:

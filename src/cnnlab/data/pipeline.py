@@ -18,6 +18,9 @@ there (a 100-step LTFN5 run: fit took ~30% less CPU than through `from_generator
 whose per-batch Python call hands the GIL between threads; benchmarks/RESULTS.md),
 and `pydataset` on the other backends.
 
+A split streamed from a folder's cache (`cnnlab.data.lazy`, `dataset.in_memory`) always goes
+through `pydataset`, read and scaled a batch at a time; its validation split too (`ValidationStream`).
+
 With augmentation (`augment`, `cnnlab.data.augment`) the batches always come from
 `pydataset`'s NumPy slices, each augmented as it is drawn, seeded by its index in the run.
 
@@ -38,6 +41,7 @@ import math
 import numpy as np
 
 from cnnlab.backend import keras
+from cnnlab.data.lazy import LazyImages
 
 
 def epoch_orders(n: int, batch_size: int, steps: int, shuffle: bool, seed: int) -> np.ndarray:
@@ -56,7 +60,7 @@ class BatchStream(keras.utils.PyDataset):
         self.augment = augment  # augment(x, i): the run's batch i augmented (`cnnlab.data.augment.Augmenter`)
         self.start = start  # item i is the run's batch start + i (a resumed run starts mid-order)
         self.per_epoch = math.ceil(len(x) / batch_size)
-        self._on_backend = not isinstance(x, np.ndarray)
+        self._on_backend = not isinstance(x, (np.ndarray, LazyImages))
 
     def __len__(self) -> int:
         return self.steps - self.start
@@ -131,12 +135,41 @@ def validation_input(x, y, batch_size: int = 500) -> dict:
     """`model.fit` keyword arguments for the validation split (none when it is empty)."""
     if not len(x):
         return {}
+    if isinstance(x, LazyImages):
+        return {"validation_data": ValidationStream(x, y, batch_size).fit_input}
     if keras.backend.backend() != "tensorflow":
         return {"validation_data": (x, y), "validation_batch_size": batch_size}
     import tensorflow as tf
 
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).prefetch(1)
     return {"validation_data": without_autotune(dataset)}
+
+
+class ValidationStream(keras.utils.PyDataset):
+    """A streamed validation split (`cnnlab.data.lazy.LazyImages`) in order, `batch_size` images a batch."""
+
+    def __init__(self, x, y, batch_size: int):
+        super().__init__()
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __getitem__(self, i: int):
+        window = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        return np.asarray(self.x[window]), self.y[window]
+
+    @property
+    def fit_input(self):
+        """The PyDataset, or on TensorFlow its batches through `from_generator` without autotuning."""
+        if keras.backend.backend() != "tensorflow":
+            return self
+        import tensorflow as tf
+
+        spec = tuple(tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)) for a in self[0])
+        # a new generator per pass: fit validates many times
+        dataset = tf.data.Dataset.from_generator(lambda: (self[i] for i in range(len(self))), output_signature=spec)
+        return without_autotune(dataset.prefetch(1))
 
 
 def training_batches(x, y, batch_size: int, steps: int, *, shuffle: bool = True, seed: int = 0,
@@ -157,7 +190,7 @@ def training_batches(x, y, batch_size: int, steps: int, *, shuffle: bool = True,
         return BatchStream(x, y, *args, augment=Augmenter(augment, seed, x.shape[1:], value_range))
     if pipeline == "auto":
         pipeline = "tensors" if keras.backend.backend() == "tensorflow" else "pydataset"
-    if pipeline == "pydataset":
+    if pipeline == "pydataset" or isinstance(x, LazyImages):  # a streamed split is read a batch at a time
         return BatchStream(x, y, *args)
     if keras.backend.backend() == "tensorflow":
         return TFDatasetBatches(x, y, *args)

@@ -60,7 +60,7 @@ def evaluate(model, data, from_logits: bool) -> tuple[dict, np.ndarray]:
     from cnnlab.backend import keras
 
     # predict_on_batch, not predict: no tf.data iterator, whose teardown waited up to ~5 s for its autotune thread
-    outputs = np.concatenate([keras.ops.convert_to_numpy(model.predict_on_batch(data.x_test[i : i + 500]))
+    outputs = np.concatenate([keras.ops.convert_to_numpy(model.predict_on_batch(np.asarray(data.x_test[i : i + 500])))
                               for i in range(0, len(data.x_test), 500)])
     losses = keras.losses.sparse_categorical_crossentropy(data.y_test, outputs, from_logits=from_logits)
     predicted = np.argmax(outputs, axis=-1)
@@ -152,7 +152,7 @@ def train_and_record(run, data, recorder, name: str, overrides, choices, devices
         recorder.log_datasets(dataset_inputs(data, run.dataset.name))
     batch = slice(0, run.trainer.batch_size)
     with devices.scope():
-        diag = init_diagnostics(model, data.x_train[batch], data.y_train[batch], from_logits)
+        diag = init_diagnostics(model, np.asarray(data.x_train[batch]), data.y_train[batch], from_logits)
     recorder.log_diagnostics(diagnostics_metrics(diag))
     confirm(recorder, run)  # a store that cannot take the run fails here, before any training time is spent
     saves = checkpoint_folder(run, recorder)
