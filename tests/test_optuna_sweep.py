@@ -4,6 +4,7 @@ sweep's trial recovered, and a resume that continues the same study to a larger 
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 from conftest import run_cli
@@ -41,18 +42,27 @@ def test_a_study_prunes_runs_in_parallel_recovers_a_killed_trial_and_resumes(tmp
     killed = study.ask({"optimizer.lr": optuna.distributions.CategoricalDistribution([0.00001, 0.02]),
                         "init": optuna.distributions.CategoricalDistribution(["he", "glorot"])})
     killed.set_user_attr("cnnlab.owner", {HOST: socket.gethostname(), PID: "999999999", STARTED: "1"})
+    # and one on another host, whose process cannot be looked at: its last heartbeat is what tells
+    beating = optuna.storages.RDBStorage(storage, heartbeat_interval=1, grace_period=2)
+    elsewhere = optuna.load_study(study_name=STUDY, storage=beating).ask(killed.distributions)
+    elsewhere.set_user_attr("cnnlab.owner", {HOST: "elsewhere.invalid", PID: "1", STARTED: "1"})
+    beating.record_heartbeat(beating.get_trial_id_from_study_id_trial_number(
+        beating.get_study_id_from_name(STUDY), elsewhere.number))
+    time.sleep(3)  # past its grace period
 
     # the same study again, to 6 trials, with a launcher that runs a list at a time (batches)
-    second = sweep(tmp_path, 6, "hydra/launcher=basic")
+    second = sweep(tmp_path, 6, "hydra/launcher=basic", "hydra.sweeper.heartbeat_interval=1",
+                   "hydra.sweeper.grace_period=2")
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "4 trials done, 1 left RUNNING by a killed sweep now FAIL and retried; 2 to run" in second.stdout
+    assert "4 trials done, 2 left RUNNING by a killed sweep now FAIL and retried; 2 to run" in second.stdout
     trials = optuna.load_study(study_name=STUDY, storage=storage).trials
     states = [t.state for t in trials]
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states
-    assert trials[killed.number].state == TrialState.FAIL
-    retry = [t for t in trials if t.user_attrs.get("cnnlab.retry_of") == killed.number]
-    assert len(retry) == 1 and retry[0].params == killed.params and retry[0].state != TrialState.FAIL
-    assert len(trials) == 7 and sorted(t.number for t in trials) == list(range(7))  # 6 counted + the failed one
+    for planted in (killed, elsewhere):
+        assert trials[planted.number].state == TrialState.FAIL
+        retry = [t for t in trials if t.user_attrs.get("cnnlab.retry_of") == planted.number]
+        assert len(retry) == 1 and retry[0].params == planted.params and retry[0].state != TrialState.FAIL
+    assert len(trials) == 8 and sorted(t.number for t in trials) == list(range(8))  # 6 counted + 2 failed
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert pruned, [(t.params, t.intermediate_values) for t in trials]
     assert all(t.intermediate_values for t in trials if t.state != TrialState.FAIL)  # reported at each evaluation
@@ -70,8 +80,8 @@ def test_a_study_prunes_runs_in_parallel_recovers_a_killed_trial_and_resumes(tmp
     files = {f.path for f in client.list_artifacts(newest.info.run_id, "optuna")}
     assert {"optuna/optimization_history.png", "optuna/intermediate_values.png"} <= files
     children = [r for r in runs if r.data.tags.get("cnnlab.sweep") != "parent"]
-    assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == [t.number for t in trials
-                                                                         if t.number != killed.number]
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == [
+        t.number for t in trials if t.number not in (killed.number, elsewhere.number)]
     for run in children:
         trial = trials[int(run.data.tags["optuna.trial"])]
         assert run.info.status == "FINISHED"
@@ -93,3 +103,25 @@ def test_a_bad_study_setting_is_one_line_and_exit_2_before_any_run(tmp_path, ove
     lines = [line for line in p.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and lines[0].startswith(expected), p.stderr[-2000:]
     assert not (tmp_path / "mlflow.db").exists()  # no parent run was made for it
+
+
+def test_a_live_sweeps_heartbeat_keeps_its_trials_and_a_stopped_ones_trials_fail(tmp_path):
+    """`cnnlab.sweep.heartbeat`: while the sweeper beats, another host's `fail_stale_trials` leaves its trial be;
+    once it stops beating, the trial fails after the grace period."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from cnnlab.run.trial import open_storage
+    from cnnlab.sweep.heartbeat import Heartbeat, fail_stale
+
+    failed = []
+    storage = open_storage(f"sqlite:///{tmp_path}/optuna.db", (1, 2), lambda s, t: failed.append(t.number))
+    study = optuna.create_study(study_name="beat", storage=storage)
+    with Heartbeat(storage, "beat") as beat:
+        beat.add(study.ask().number)
+        time.sleep(3.5)  # past the grace period, beaten every second
+        fail_stale(study)
+        assert [t.state for t in study.trials] == [TrialState.RUNNING] and not failed
+    time.sleep(3)
+    fail_stale(study)
+    assert [t.state for t in study.trials] == [TrialState.FAIL] and failed == [0]

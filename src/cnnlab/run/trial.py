@@ -57,12 +57,19 @@ class Pruned:
     value: float | None
 
 
-def open_storage(url: str):
-    """Optuna's RDB storage at `url`; SQLite waits for a lock instead of failing at once (parallel jobs write)."""
+def open_storage(url: str, heartbeat: tuple[int, int] | None = None, on_stale=None):
+    """Optuna's RDB storage at `url`; SQLite waits for a lock instead of failing at once (parallel jobs write).
+
+    `heartbeat`: (heartbeat_interval, grace_period) in seconds, and `on_stale(study, trial)` called for each
+    trial `fail_stale_trials` fails: the sweeper's storage (`cnnlab.sweep.heartbeat`); a job's has none.
+    """
     import optuna
 
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    if not heartbeat:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat[0],
+                                      grace_period=heartbeat[1], heartbeat_stale_trial_callback=on_stale)
 
 
 def make_pruner(spec: dict | None):

@@ -12,7 +12,8 @@ The sweeper owns the study through Optuna's ask-and-tell API; each trial is one 
   returns `Pruned`; only this process tells Optuna how a trial ended (COMPLETE, PRUNED or FAIL).
 - **Storage**: an RDB storage (default: `optuna.db` beside MLflow's SQLite store; PostgreSQL works too),
   the study `load_if_exists`: the same command again continues it up to `n_trials` in total.
-  A trial left RUNNING by a sweep that was killed (its process on this host gone) is marked FAIL and
+  A trial left RUNNING by a sweep that was killed (its process on this host gone, or on any host its
+  heartbeat older than `grace_period`: `cnnlab.sweep.heartbeat`) is marked FAIL and
   its parameters enqueued again; a sweep stopped by Ctrl-C does the same for its trials in flight.
 - **The MLflow parent run holds the study**: its name and storage as tags, best value and parameters,
   and Optuna's plots (optimization history, parameter importances, intermediate values).
@@ -33,7 +34,8 @@ from cnnlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-KEYS = ("n_trials", "direction", "study_name", "storage", "n_jobs", "sampler", "pruner", "params")
+KEYS = ("n_trials", "direction", "study_name", "storage", "n_jobs", "sampler", "pruner", "params",
+        "heartbeat_interval", "grace_period")
 SAMPLERS = ("tpe", "random")
 TRIAL_KEYS = ("+optuna.trial", "+optuna.study", "+optuna.storage")  # what the sweeper adds to each job
 
@@ -58,12 +60,21 @@ def check_sweeper(settings: dict) -> dict:
     for key in sampler:
         if key not in ("type", "seed", "n_startup_trials"):
             raise ConfigError(f"hydra.sweeper.sampler.{key}", "unknown key (known: type, seed, n_startup_trials)")
+    beat = {key: s.get(key, default) for key, default in (("heartbeat_interval", 30), ("grace_period", 120))}
+    for key, v in beat.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"hydra.sweeper.{key}", f"{v!r} is not a positive number of seconds")
+    if beat["grace_period"] <= beat["heartbeat_interval"]:
+        raise ConfigError("hydra.sweeper.grace_period", f"{beat['grace_period']} must exceed heartbeat_interval "
+                                                        f"({beat['heartbeat_interval']}): a live sweep's trials "
+                                                        "would be failed between two heartbeats")
     from cnnlab.run.trial import make_pruner
 
     make_pruner(s.get("pruner"))  # its type and keys
     return {"n_trials": n, "direction": s.get("direction", "maximize"), "study_name": s.get("study_name"),
             "storage": s.get("storage"), "n_jobs": jobs, "sampler": sampler,
-            "pruner": dict(s.get("pruner") or {"type": "none"}), "params": dict(s.get("params") or {})}
+            "pruner": dict(s.get("pruner") or {"type": "none"}), "params": dict(s.get("params") or {}),
+            "heartbeat": (beat["heartbeat_interval"], beat["grace_period"])}
 
 
 def search_space(params: dict, arguments: list[str]) -> tuple[dict, list[str]]:
@@ -172,15 +183,23 @@ def fail_and_retry(study, trials, why: str) -> None:
             study.tell(t.number, state=TrialState.FAIL)
         except Exception:
             continue  # ended meanwhile
-        study.enqueue_trial(params, user_attrs={"cnnlab.retry_of": t.number}, skip_if_exists=False)
+        retry(study, t.number, params)
         log.info(f"optuna: trial {t.number} FAIL ({why}); its parameters will be retried")
 
 
-def recover(study) -> int:
-    """Trials left RUNNING by a sweep that is gone (its process on this host): FAIL, parameters retried."""
+def retry(study, number: int, params: dict) -> None:
+    """Enqueue a failed trial's parameters again (the next ask gets them first), marked `cnnlab.retry_of`."""
+    study.enqueue_trial(params, user_attrs={"cnnlab.retry_of": number}, skip_if_exists=False)
+
+
+def recover(study, stale: list) -> int:
+    """Trials left RUNNING by a sweep that is gone: FAIL, parameters retried. Gone: its process on this host
+    has ended, or (any host) its heartbeat is older than the grace period (`cnnlab.sweep.heartbeat`;
+    `stale` is the list the storage's stale-trial callback appends to)."""
     from optuna.trial import TrialState
 
     from cnnlab.record.liveness import owner_alive
+    from cnnlab.sweep.heartbeat import fail_stale
 
     dead = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -188,7 +207,8 @@ def recover(study) -> int:
         if owner is None or not owner_alive(owner):
             dead.append(t)
     fail_and_retry(study, dead, "its sweep was killed")
-    return len(dead)
+    fail_stale(study)
+    return len(dead) + len(stale)
 
 
 def run_study(sweeper, arguments: list[str]):
@@ -210,6 +230,7 @@ def _run_study(sweeper, arguments: list[str]):
     from cnnlab.record.liveness import process_tags
     from cnnlab.record.tracking import check_tracking, tracking_uri
     from cnnlab.run.trial import Pruned, open_storage
+    from cnnlab.sweep.heartbeat import Heartbeat
 
     optuna.logging.set_verbosity(logging.WARNING)
     config: DictConfig = sweeper.config
@@ -223,8 +244,16 @@ def _run_study(sweeper, arguments: list[str]):
     url = spec["storage"] or default_storage(uri)
     name = spec["study_name"] or default_study_name(tracking.experiment, space, spec["direction"])
     n_jobs = spec["n_jobs"] or int(getattr(sweeper.launcher, "n_jobs", 1) or 1)
+    stale = []
+
+    def on_stale(study, trial):  # fail_stale_trials failed it: its sweep stopped beating
+        stale.append(trial.number)
+        retry(study, trial.number, trial.params)
+        log.info(f"optuna: trial {trial.number} FAIL (no heartbeat for {spec['heartbeat'][1]} s); "
+                 "its parameters will be retried")
+
     try:
-        storage = open_storage(url)
+        storage = open_storage(url, spec["heartbeat"], on_stale)
         study = optuna.create_study(study_name=name, storage=storage, direction=spec["direction"],
                                     sampler=make_sampler(spec["sampler"], n_jobs > 1), load_if_exists=True)
     except Exception as e:
@@ -234,7 +263,7 @@ def _run_study(sweeper, arguments: list[str]):
         raise ConfigError("hydra.sweeper.direction", f"{spec['direction']!r} but study {name!r} in that storage "
                                                      f"{study.direction.name.lower()}s: name another study_name")
     study.set_user_attr("cnnlab.pruner", spec["pruner"])  # every job's reporter prunes with it (cnnlab.run.trial)
-    recovered = recover(study)
+    recovered = recover(study, stale)
     done = trials_done(study)
     to_ask = max(0, spec["n_trials"] - done)
     shown = redact_text(url)
@@ -260,15 +289,19 @@ def _run_study(sweeper, arguments: list[str]):
         if asked[0] >= to_ask:
             return None
         asked[0] += 1
-        trial = study.ask(space)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "heartbeat ... with Study.optimize": beat records it
+            trial = study.ask(space)
         trial.set_user_attr("cnnlab.owner", owner)
         in_flight[trial.number] = trial
+        beat.add(trial.number)
         overrides = [*fixed, *(f"{k}={override_value(v)}" for k, v in trial.params.items()),
                      f"+optuna.trial={trial.number}", f"+optuna.study={name}", f"+optuna.storage='{url}'"]
         return trial.number, overrides
 
     def on_result(number, ret):
         trial = in_flight.pop(number)
+        beat.remove(number)
         results.append(ret)
         value = ret._return_value if ret.status == JobStatus.COMPLETED else None
         if isinstance(value, Pruned):
@@ -283,18 +316,19 @@ def _run_study(sweeper, arguments: list[str]):
         log.info(f"optuna: trial {number} {how}")
 
     try:
-        if hasattr(sweeper.launcher, "launch_stream"):  # hydra/launcher=cnnlab: a trial per free worker
-            sweeper.launcher.launch_stream(next_job, on_result)
-        else:  # a launcher that runs a list at a time: batches of n_jobs
-            index = 0
-            while True:
-                batch = [job for job in (next_job() for _ in range(n_jobs)) if job is not None]
-                if not batch:
-                    break
-                numbers = [number for number, _ in batch]
-                for number, ret in zip(numbers, sweeper.launcher.launch([o for _, o in batch], index)):
-                    on_result(number, ret)
-                index += len(batch)
+        with Heartbeat(storage, name) as beat:  # in flight: each trial's heartbeat, for other hosts
+            if hasattr(sweeper.launcher, "launch_stream"):  # hydra/launcher=cnnlab: a trial per free worker
+                sweeper.launcher.launch_stream(next_job, on_result)
+            else:  # a launcher that runs a list at a time: batches of n_jobs
+                index = 0
+                while True:
+                    batch = [job for job in (next_job() for _ in range(n_jobs)) if job is not None]
+                    if not batch:
+                        break
+                    numbers = [number for number, _ in batch]
+                    for number, ret in zip(numbers, sweeper.launcher.launch([o for _, o in batch], index)):
+                        on_result(number, ret)
+                    index += len(batch)
     except BaseException:  # Ctrl-C, SIGTERM, a launcher's error: no trial stays RUNNING
         fail_and_retry(study, list(in_flight.values()), "its sweep stopped")
         raise
