@@ -3,8 +3,9 @@
     python experiments/ltfn_init/study_report.py                           # into mlruns/reports/ltfn_init
     python experiments/ltfn_init/study_report.py --out experiments/ltfn_init  # update the committed report
 
-Reads the newest `ltfn5_published` and `ltfn6_published` runs and the
-children of the newest grid sweep, and writes `results.json`, `REPORT.md`
+Reads the newest `ltfn5_published` and `ltfn6_published` runs, the
+children of the newest grid sweep and every run of the cells in SEED_CELLS
+(one per seed; `cnnlab.stats` gives their intervals), and writes `results.json`, `REPORT.md`
 and its plots into `--out`. The numbers come from the store; the tutorial's
 published numbers it compares with are the constants in PUBLISHED, and the
 prose around them is this study's (`python -m cnnlab.report` is the generic
@@ -38,6 +39,7 @@ def record(run, name: str) -> dict:
         "initial_loss": metrics.get("initial_loss"),
         "diverged": tags.get("diverged") == "true",
         "diverged_at_step": int(tags["diverged_at_step"]) if "diverged_at_step" in tags else None,
+        "seed": int(params["trainer.seed"]) if "trainer.seed" in params else None,
         "status": run.info.status,
         "train_seconds": metrics.get("train_seconds"),
         "mlflow_run_id": run.info.run_id,
@@ -60,10 +62,13 @@ def collect(client, experiment: str) -> tuple[list[dict], dict]:
         if run:
             records.append(record(run, name))
             runs[name] = run
-    parent = newest(client, exp.experiment_id, "tags.`cnnlab.sweep` = 'parent' and params.`sweep.keys` LIKE '%init%'")
+    parents = client.search_runs([exp.experiment_id], max_results=100, order_by=["attributes.start_time DESC"],
+                                 filter_string="tags.`cnnlab.sweep` = 'parent' and params.`sweep.keys` LIKE '%init%'")
+    parent = next((r for r in parents if "trainer.seed" not in r.data.params["sweep.keys"]), None)  # not a seeds step
     if parent:
         children = client.search_runs([exp.experiment_id], max_results=1000,
-                                      filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                      filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}' "
+                                                    "and attributes.status != 'RUNNING'",
                                       order_by=["attributes.start_time DESC"])
         # a job re-run after a sweep resume has two children: the newest one counts
         children = list({c.info.run_name: c for c in reversed(children)}.values())
@@ -76,6 +81,97 @@ def collect(client, experiment: str) -> tuple[list[dict], dict]:
         by_id = {c.info.run_id: c for c in children}
         runs["grid_by_init"] = {c["init"]: by_id[c["mlflow_run_id"]] for c in cells}
     return records, runs
+
+
+SEED_CELLS = (  # (label, init, lr, steps): the cells the findings rest on, each run with seeds 0-4 (run_study.sh)
+    ("part 5: N(0,1), lr 1e-7, 5,000 steps", "normal", 1e-7, 5000),
+    ("part 6: He, lr 1e-3", "he", 1e-3, 1000),
+    ("best He: lr 0.05", "he", 5e-2, 1000),
+    ("best Glorot: lr 0.05", "glorot", 5e-2, 1000),
+    ("N(0,1), lr 1e-7", "normal", 1e-7, 1000),
+)
+PAIRS = ((2, 3, "He vs Glorot at their best learning rate"),
+         (1, 4, "part 6's init and learning rate vs N(0,1) at 1e-7, same 1,000 steps"))
+
+
+def seed_runs(client, experiment_id: str) -> dict[tuple, dict[int, dict]]:
+    """{(init, lr, steps): {seed: record}} over every FINISHED training run (published, grid and seeds steps):
+    a setting run twice with one seed counts once, its newest run."""
+    runs = client.search_runs([experiment_id], filter_string="attributes.status = 'FINISHED'", max_results=5000,
+                              order_by=["attributes.start_time ASC"])
+    out: dict[tuple, dict[int, dict]] = {}
+    for run in runs:
+        if run.data.tags.get("cnnlab.sweep") == "parent" or "optimizer.lr" not in run.data.params:
+            continue
+        r = record(run, run.info.run_name)
+        if r["seed"] is not None and r["test_accuracy"] is not None:
+            out.setdefault((r["init"], r["lr"], r["steps"]), {})[r["seed"]] = r
+    return out
+
+
+def seed_section(cells: dict[tuple, dict[int, dict]]) -> tuple[list[str], list[dict]]:
+    """The seeds table, paired differences and their sentences (markdown lines), and the runs they use."""
+    from cnnlab.stats import interval, paired
+
+    found = [(label, cells.get((init, lr, steps), {})) for label, init, lr, steps in SEED_CELLS]
+    if not any(len(by_seed) >= 2 for _, by_seed in found):
+        return [], []
+    lines = ["", "## Seeds: the conclusions with their intervals", "",
+             "The cells the findings rest on, each run with `trainer.seed` 0-4 (seed 0 is the run above; "
+             "`run_study.sh seeds-*`). The seed draws the initial weights; the batches are the same consecutive "
+             "ones in every run. Mean, sample standard deviation and the 95% confidence interval of the mean "
+             "(t distribution) of the test accuracy:", "",
+             "| cell | seeds | mean | std | 95% CI | min – max |", "|---|---|---|---|---|---|"]
+    used = []
+    for label, by_seed in found:
+        acc = [r["test_accuracy"] for r in by_seed.values()]
+        used += list(by_seed.values())
+        if not acc:
+            lines.append(f"| {label} | 0 | not run yet | | | |")
+            continue
+        s = interval(acc)
+        ci = f"[{_pct(s['lo'])}, {_pct(s['hi'])}]" if s["lo"] is not None else "—"
+        std = "—" if s["std"] is None else f"{100 * s['std']:.2f} points"
+        lines.append(f"| {label} | {s['n']} | {_pct(s['mean'])} | {std} | {ci} | {_pct(min(acc))} – {_pct(max(acc))} |")
+    lines += ["", "Paired differences in test accuracy (the same seeds in both cells):", "",
+              "| comparison | seeds | mean difference | 95% CI | CI excludes 0 |", "|---|---|---|---|---|"]
+    for a, b, what in PAIRS:
+        d = paired({k: r["test_accuracy"] for k, r in found[a][1].items()},
+                   {k: r["test_accuracy"] for k, r in found[b][1].items()})
+        if d["n"] >= 2:
+            lines.append(f"| {found[a][0]} − {found[b][0]} | {d['n']} | {100 * d['mean']:+.2f} points | "
+                         f"[{100 * d['lo']:+.2f}, {100 * d['hi']:+.2f}] | "
+                         f"{'yes' if d['lo'] > 0 or d['hi'] < 0 else 'no'} |")
+    lines += ["", *seed_findings(found)]
+    return lines, used
+
+
+def seed_findings(found) -> list[str]:
+    """The findings restated over seeds, each with its interval."""
+    from cnnlab.stats import interval, paired
+
+    out = []
+    part5 = list(found[0][1].values())
+    if len(part5) >= 2:
+        s = interval([r["test_accuracy"] for r in part5])
+        loss = interval([r["test_loss"] for r in part5])
+        published = PUBLISHED["ltfn5_published"]
+        inside = s["lo"] <= published["test_accuracy"] <= s["hi"]
+        out.append(f"- **Part 5 over {s['n']} seeds**: {_pct(s['mean'])} test accuracy, 95% CI "
+                   f"[{_pct(s['lo'])}, {_pct(s['hi'])}]; the published 81.88% lies "
+                   + ("inside it." if inside else "outside it.")
+                   + f" The test loss varies far more with the N(0,1) draw: mean {_num(loss['mean'])}, range "
+                   f"{_num(min(r['test_loss'] for r in part5))} – {_num(max(r['test_loss'] for r in part5))} "
+                   "(published 15,083).")
+    for a, b, what in PAIRS:
+        d = paired({k: r["test_accuracy"] for k, r in found[a][1].items()},
+                   {k: r["test_accuracy"] for k, r in found[b][1].items()})
+        if d["n"] >= 2:
+            verdict = ("a real difference at these seeds" if d["lo"] > 0 or d["hi"] < 0
+                       else "not distinguishable from no difference at these seeds")
+            out.append(f"- **{what[0].upper() + what[1:]}** ({d['n']} paired seeds): {100 * d['mean']:+.2f} points, "
+                       f"95% CI [{100 * d['lo']:+.2f}, {100 * d['hi']:+.2f}]: {verdict}.")
+    return out
 
 
 def _pct(v) -> str:
@@ -153,10 +249,11 @@ export CNNLAB_DATA_DIR=$PWD/../shared/datasets     # offline machines: the folde
 python run.py +experiment=ltfn5_published          # part 5: N(0,1), SGD 1e-7, 5,000 steps
 python run.py +experiment=ltfn6_published          # part 6: He + Glorot, SGD 1e-3, 1,000 steps
 python run.py -m +experiment=ltfn_init_grid hydra.launcher.n_jobs=2   # 5 inits x 3 learning rates, 1,000 steps each
+experiments/ltfn_init/run_study.sh seeds-he seeds-glorot seeds-normal seeds-part5   # seeds 1-4 of the key cells
 python experiments/ltfn_init/study_report.py --out experiments/ltfn_init   # this file, results.json, plots"""
 
 
-def markdown(records: list[dict], plots: list[str], diags: dict) -> str:
+def markdown(records: list[dict], plots: list[str], diags: dict, seeds: list[str] = ()) -> str:
     by_name = {r["name"]: r for r in records}
     cells = [r for r in records if r["name"].startswith("grid/")]
     lines = [
@@ -227,6 +324,7 @@ def markdown(records: list[dict], plots: list[str], diags: dict) -> str:
                 cells_.append(f"{row['act_std']:.4g}{factor}")
             lines.append(f"| {layer} | " + " | ".join(cells_) + " |")
     lines += ["", "## Findings", ""] + findings(by_name, cells)
+    lines += list(seeds)
     lines += ["", "## Runs", "", "`results.json` lists every run with its MLflow run id; open them with "
               "`python -m cnnlab.ui --experiment ltfn_init`."]
     return "\n".join(lines) + "\n"
@@ -295,6 +393,10 @@ def write_report(client, experiment: str, out: Path) -> list[dict]:
     from cnnlab.record.plots import plot_diagnostics
 
     records, runs = collect(client, experiment)
+    seeds, used = seed_section(seed_runs(client, client.get_experiment_by_name(experiment).experiment_id))
+    known = {r["mlflow_run_id"] for r in records}
+    records += [{**r, "name": f"seeds/init={r['init']},lr={r['lr']:g},steps={r['steps']},seed={r['seed']}"}
+                for r in used if r["mlflow_run_id"] not in known]
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(records, indent=2) + "\n")
     plots = []
@@ -314,7 +416,7 @@ def write_report(client, experiment: str, out: Path) -> list[dict]:
     if cells:
         grid_plot(cells, out / "grid_test_accuracy.png")
         plots.append("grid_test_accuracy.png")
-    (out / "REPORT.md").write_text(markdown(records, plots, diags))
+    (out / "REPORT.md").write_text(markdown(records, plots, diags, seeds))
     return records
 
 
