@@ -16,6 +16,10 @@ if __name__ == "__main__":  # first of all: Ctrl-C or SIGTERM at any moment ends
     for _sig in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(_sig) is not signal.SIG_IGN:
             signal.signal(_sig, _interrupted_while_starting)
+    if not {"-m", "--multirun"} & set(sys.argv):  # a run: no collections while importing (backend.freeze_imports)
+        import gc
+
+        gc.disable()
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402

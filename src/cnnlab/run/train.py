@@ -311,10 +311,11 @@ def prepare_model(run, total_steps: int, devices=None):
     `total_steps` is the run's budget in optimizer steps (a learning-rate schedule spans it);
     `devices` a data-parallel `DevicePlan`, in whose scope the model is built and compiled.
     """
-    from cnnlab.backend import dtype_policy, keras, make_deterministic, set_random_seed
+    from cnnlab.backend import dtype_policy, freeze_imports, keras, make_deterministic, set_random_seed
 
     # sweep jobs share a worker: a fresh Keras state (the last job's memory was freed as it ended)
     keras.backend.clear_session(free_memory=False)
+    freeze_imports()
     set_random_seed(run.trainer.seed)
     if run.trainer.deterministic:
         make_deterministic()

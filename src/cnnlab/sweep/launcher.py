@@ -63,6 +63,9 @@ def _stop_with_launcher() -> None:
 
 def serve(conn) -> None:
     """A worker's loop: compose and run each job it receives, as Hydra's launchers do, and send back its result."""
+    import gc
+
+    gc.disable()  # no collections while the first job imports TensorFlow (cnnlab.backend.freeze_imports)
     import cloudpickle  # run.py's task function lives in __main__: only cloudpickle ships it
 
     os.setsid()  # its own session: a terminal's Ctrl-C reaches only the launcher, which forwards it once
