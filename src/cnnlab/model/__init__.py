@@ -1,3 +1,3 @@
 """The network: layer kinds, init schemes, the builder (YAML stack → shape table → keras.Model), the size guard."""
 
-from cnnlab.model import merges  # noqa: E402,F401  registers add, multiply and concat with the layer registry
+from cnnlab.model import merges  # noqa: F401  registers add, multiply and concat with the layer registry
