@@ -27,9 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.cli import EXIT_TRACKING, Arguments, fail, run_command
-from cnnlab.data.checks import scale_pixels
-from cnnlab.data.datasets import SPLITS, DatasetConfig, normalize_stats, normalized, raw_split
-from cnnlab.data.lazy import LazyImages, channel_stats
+from cnnlab.data.datasets import SPLITS, DatasetConfig, raw_split, scaled_splits
 from cnnlab.errors import ConfigError
 from cnnlab.record.logged_model import dataset_input, log_inputs, split_input
 from cnnlab.record.model_ref import check_fits, load_pyfunc, option_dataset, resolve, run_dataset
@@ -90,20 +88,6 @@ def predict(model, x, dtype, batch: int = 2000) -> np.ndarray:
                            for i in range(0, len(x), batch)])
 
 
-def scaled_split(dataset, x, raw):
-    """The split as training saw it: scaled and `dataset.normalize`d (a folder's stays lazy)."""
-    if isinstance(x, LazyImages):
-        scaled = x.scaled(raw.pixel_range)
-        if not dataset.normalize:
-            return scaled
-        auto = dataset.normalize == "auto"
-        return scaled.normalized(channel_stats(raw.x_train.scaled(raw.pixel_range)) if auto
-                                 else normalize_stats(dataset, None))
-    scaled = scale_pixels(x, raw.pixel_range)
-    stats = normalize_stats(dataset, scale_pixels(raw.x_train, raw.pixel_range)) if dataset.normalize else None
-    return normalized(scaled, stats) if stats else scaled
-
-
 def evaluate(argv: list[str]) -> dict:
     args = arguments().parse_args(argv)
     client = open_client(args.tracking_uri)
@@ -124,7 +108,8 @@ def evaluate(argv: list[str]) -> dict:
     matrix = confusion_counts(y, np.argmax(probabilities, axis=-1), ref.classes)
     seconds = time.perf_counter() - started
     # described as a training run describes it (the images scaled as it trained on them): the same digest
-    scaled = scaled_split(dataset, x, raw)
+    # (the training split comes first when dataset.normalize takes its statistics from it)
+    *_, scaled = scaled_splits(dataset, raw.pixel_range, (raw.x_train, x) if dataset.normalize else (x,))[0]
     data = split_input(f"{dataset.name}-{CONTEXT[args.split]}", CONTEXT[args.split],
                        scaled, y, raw.source, raw.raw_dtype)
     names = ref.class_names or (list(raw.class_names) if raw.class_names and len(raw.class_names) == ref.classes

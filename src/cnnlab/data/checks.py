@@ -123,6 +123,14 @@ def scale_pixels(x: np.ndarray, pixel_range: tuple[float, float]) -> np.ndarray:
     return np.clip(out, 0.0, 1.0, out=out)  # within SLACK of the range: clip the rounding error away
 
 
+def normalized(x: np.ndarray, stats) -> np.ndarray:
+    """Scaled pixels (float32) → (x - mean) / std per channel, in place."""
+    mean, std = (np.asarray(v, np.float32) for v in stats)
+    x -= mean
+    x /= std
+    return x
+
+
 def check_labels(y: np.ndarray, split: str, spec, source: str, key: str) -> np.ndarray:
     k = spec.num_classes
     where = f"y_{split} in {source}"

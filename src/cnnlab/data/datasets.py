@@ -39,7 +39,14 @@ from cnnlab.config.fields import (
     show,
     string,
 )
-from cnnlab.data.checks import check_not_empty, check_raw_split, pixel_range, scale_pixels, source_range
+from cnnlab.data.checks import (
+    check_not_empty,
+    check_raw_split,
+    normalized,
+    pixel_range,
+    scale_pixels,
+    source_range,
+)
 from cnnlab.data.lazy import LazyImages, available_memory, channel_stats
 from cnnlab.errors import ConfigError, DataError
 
@@ -175,19 +182,23 @@ def load_data(spec: DatasetConfig) -> Data:
     splits = (raw.x_train, raw.x_val, raw.x_test)
     if isinstance(raw.x_train, LazyImages) and not streamed(spec, splits):
         splits = tuple(np.asarray(x) for x in splits)
-    if isinstance(splits[0], LazyImages):
-        scale = [x.scaled(raw.pixel_range) for x in splits]
-        stats = (channel_stats(scale[0]) if spec.normalize == "auto" else normalize_stats(spec, None)) \
-            if spec.normalize else None
-        if stats:
-            scale = [x.normalized(stats) for x in scale]
-    else:
-        scale = [scale_pixels(x, raw.pixel_range) for x in splits]
-        stats = normalize_stats(spec, scale[0])
-        if stats:
-            scale = [normalized(x, stats) for x in scale]
+    scale, stats = scaled_splits(spec, raw.pixel_range, splits)
     return Data(scale[0], raw.y_train, scale[1], raw.y_val, scale[2], raw.y_test, raw.source,
                 raw.raw_dtype, raw.pixel_range, raw.class_names, stats)
+
+
+def scaled_splits(spec: DatasetConfig, pixel_range, splits) -> tuple[list, tuple | None]:
+    """Raw `splits` (arrays, or a folder's lazy views; the first is the training split) as training sees
+    them: scaled from `pixel_range` onto [0, 1], then `dataset.normalize`d; and the normalize statistics."""
+    if isinstance(splits[0], LazyImages):
+        out = [x.scaled(pixel_range) for x in splits]
+        if not spec.normalize:
+            return out, None
+        stats = channel_stats(out[0]) if spec.normalize == "auto" else normalize_stats(spec, None)
+        return [x.normalized(stats) for x in out], stats
+    out = [scale_pixels(x, pixel_range) for x in splits]
+    stats = normalize_stats(spec, out[0])
+    return ([normalized(x, stats) for x in out] if stats else out), stats
 
 
 def streamed(spec: DatasetConfig, splits) -> bool:
@@ -218,14 +229,6 @@ def normalize_stats(spec: DatasetConfig, x_train_scaled: np.ndarray):
         return tuple(float(v) for v in mean), tuple(float(v) for v in std)
     mean, std = spec.normalize["mean"], spec.normalize["std"]
     return tuple(mean * channels if len(mean) == 1 else mean), tuple(std * channels if len(std) == 1 else std)
-
-
-def normalized(x: np.ndarray, stats) -> np.ndarray:
-    """Scaled pixels (float32) → (x - mean) / std per channel, in place."""
-    mean, std = (np.asarray(v, np.float32) for v in stats)
-    x -= mean
-    x /= std
-    return x
 
 
 def load_raw(spec: DatasetConfig) -> Data:

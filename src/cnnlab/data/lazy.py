@@ -4,8 +4,8 @@
 holds only a row index into the raw uint8 cache of `cnnlab.data.folder`. As with NumPy,
 a slice is another view (nothing read); an integer array, or `np.asarray`, reads those
 rows and applies the split's transform (pixel range onto [0, 1], then `dataset.normalize`)
-with the same float32 arithmetic as `cnnlab.data.checks.scale_pixels` and
-`cnnlab.data.datasets.normalized`: a streamed run trains on the same values as one that
+with the same functions as a loaded split (`cnnlab.data.checks.scale_pixels` and
+`normalized`): a streamed run trains on the same values as one that
 loaded the split (`dataset.in_memory`, README "Your own images").
 
 Example:
@@ -83,16 +83,12 @@ class LazyImages:
         return max(chunk.max() for chunk in self.chunks())
 
     def _transform(self, x: np.ndarray) -> np.ndarray:
-        from cnnlab.data.checks import scale_pixels
+        from cnnlab.data.checks import normalized, scale_pixels
 
         if not self.pixel_range:
             return np.asarray(x)
         out = scale_pixels(np.asarray(x), self.pixel_range)
-        if self.stats:
-            mean, std = (np.asarray(v, np.float32) for v in self.stats)
-            out -= mean
-            out /= std
-        return out
+        return normalized(out, self.stats) if self.stats else out
 
 
 def channel_stats(x: LazyImages) -> tuple[tuple[float, ...], tuple[float, ...]]:
