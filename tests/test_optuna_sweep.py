@@ -94,6 +94,7 @@ def test_a_study_prunes_runs_in_parallel_recovers_a_killed_trial_and_resumes(tmp
     ("hydra.sweeper.pruner.type=bogus",
      "error: hydra.sweeper.pruner.type: 'bogus' is not one of: median, hyperband, none"),
     ("hydra.sweeper.n_trials=0", "error: hydra.sweeper.n_trials: 0 is not a positive integer"),
+    ("hydra.sweeper.grace_period=30", "error: hydra.sweeper.grace_period: 30 must exceed heartbeat_interval (30)"),
     ("dry_run=true", "error: dry_run: true: an Optuna study's trials must train"),
 ])
 def test_a_bad_study_setting_is_one_line_and_exit_2_before_any_run(tmp_path, override, expected):
