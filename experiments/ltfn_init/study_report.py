@@ -43,6 +43,7 @@ def record(run, name: str) -> dict:
         "status": run.info.status,
         "train_seconds": metrics.get("train_seconds"),
         "mlflow_run_id": run.info.run_id,
+        "cpu_threads": tags.get("job.cpus", "all"),  # a sweep job's share of the cores (cnnlab.threads)
     }
 
 
@@ -376,10 +377,14 @@ def findings(by_name: dict, cells: list[dict]) -> list[str]:
         p6 = by_name.get("ltfn6_published")
         if p6 and h3 and p6["test_accuracy"] is not None:
             same = p6["test_accuracy"] == h3["test_accuracy"] and p6["test_loss"] == h3["test_loss"]
+            threads = "" if same or h3["cpu_threads"] == p6["cpu_threads"] else (
+                f" The sweep job ran on {h3['cpu_threads']} CPU thread(s) (tag `job.cpus`) and the single run on "
+                f"{p6['cpu_threads']}: TensorFlow's CPU kernels split their sums by thread, so the float32 "
+                "rounding differs; at one thread count a `trainer.deterministic=true` run repeats bit for bit.")
             out.append(f"- **Reproducibility**: the grid cell he/1e-3 is part 6's setting, run again in a sweep "
                        f"worker: test accuracy {_pct(h3['test_accuracy'])}, test loss {h3['test_loss']:.6g} vs "
                        f"{_pct(p6['test_accuracy'])}, {p6['test_loss']:.6g} for `ltfn6_published` — "
-                       + ("identical." if same else "not identical (see the runs)."))
+                       + ("identical." if same else "not identical." + threads))
     out.append("- **Why** (the activation-scale table and `init_diagnostics.png`): with N(0,1) weights each ReLU "
                "conv layer multiplies the activation scale by about sqrt(fan_in/2) (fan_in = 9 × input channels: "
                "sqrt(288) ≈ 17 for conv2 and conv3, sqrt(576) = 24 for conv4), so the logits start in the hundreds "
