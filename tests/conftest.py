@@ -14,6 +14,18 @@ os.environ.setdefault("CNNLAB_DATA_DIR", str(REPO.parent / "shared" / "datasets"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item):
+    """Once TensorFlow is in this worker, take it out of the garbage collector's sight (`gc.freeze`), as
+    run.py does (`cnnlab.backend.freeze_imports`): each later full collection, one per in-process run's
+    `clear_session` and more, would walk its objects again (test_train.py alone: 9.8 CPU-s in 23)."""
+    import gc
+
+    if "tensorflow" in sys.modules and not gc.get_freeze_count():
+        gc.collect()  # the garbage so far is freed, not frozen
+        gc.freeze()
+
+
 @pytest.fixture
 def compose():
     """compose(*overrides) → the composed DictConfig, exactly as run.py would see it."""
