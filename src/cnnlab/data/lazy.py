@@ -77,9 +77,11 @@ class LazyImages:
             yield np.asarray(self[start : start + size])
 
     def min(self, axis=None, out=None, **_):  # np.min(x) lands here: one pass, a chunk in memory at a time
+        _whole(axis, out)
         return min(chunk.min() for chunk in self.chunks())
 
     def max(self, axis=None, out=None, **_):
+        _whole(axis, out)
         return max(chunk.max() for chunk in self.chunks())
 
     def _transform(self, x: np.ndarray) -> np.ndarray:
@@ -89,6 +91,11 @@ class LazyImages:
             return np.asarray(x)
         out = scale_pixels(np.asarray(x), self.pixel_range)
         return normalized(out, self.stats) if self.stats else out
+
+
+def _whole(axis, out) -> None:
+    if axis is not None or out is not None:  # only the whole split's extreme is computed: say so, never guess
+        raise TypeError("LazyImages.min/max reduce the whole split only (axis=None, out=None)")
 
 
 def channel_stats(x: LazyImages) -> tuple[tuple[float, ...], tuple[float, ...]]:
