@@ -360,12 +360,14 @@ def findings(by_name: dict, cells: list[dict]) -> list[str]:
         trained = [c for c in cells if c["test_accuracy"] is not None]
         if trained:
             best = max(trained, key=lambda c: c["test_accuracy"])
-            out.append(f"- **Best cell**: init {best['init']} at lr {best['lr']:g}: {_pct(best['test_accuracy'])}.")
-        for init in ("he", "glorot", "lecun", "normal_005"):
-            ok = [c for c in trained if c["init"] == init]
-            if ok:
-                b = max(ok, key=lambda c: c["test_accuracy"])
-                out.append(f"- best {init}: {_pct(b['test_accuracy'])} at lr {b['lr']:g}")
+            per_init = []
+            for init in ("he", "glorot", "lecun", "normal_005"):
+                ok = [c for c in trained if c["init"] == init]
+                if ok:
+                    b = max(ok, key=lambda c: c["test_accuracy"])
+                    per_init.append(f"{init} {_pct(b['test_accuracy'])} at lr {b['lr']:g}")
+            out.append(f"- **Best cell**: init {best['init']} at lr {best['lr']:g}: {_pct(best['test_accuracy'])} "
+                       f"(the best of each init: {'; '.join(per_init)}).")
         n7, h7, h3 = cell("normal", 1e-7), cell("he", 1e-7), cell("he", 1e-3)
         if n7 and h7 and h3 and None not in (n7["test_accuracy"], h7["test_accuracy"], h3["test_accuracy"]):
             out.append(f"- **Separating the causes** (same 1,000-step budget): changing only the init at lr 1e-7 "
