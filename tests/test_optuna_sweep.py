@@ -90,6 +90,23 @@ def test_a_study_prunes_runs_in_parallel_recovers_a_killed_trial_and_resumes(tmp
             assert int(run.data.tags["pruned_at_step"]) == max(trial.intermediate_values) < 6
 
 
+def test_a_resumed_study_does_not_propose_its_first_trials_again(tmp_path):
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from cnnlab.sweep.study import open_study
+
+    spec = {"direction": "maximize", "sampler": {"type": "tpe", "seed": 0, "n_startup_trials": 10}}
+    space = {"optimizer.lr": FloatDistribution(1e-4, 0.3, log=True), "init": CategoricalDistribution(["he", "glorot"])}
+    first = open_study(f"sqlite:///{tmp_path}/optuna.db", STUDY, spec, 2)
+    for value in (0.5, 0.6, 0.7):
+        first.tell(first.ask(space), value)
+    before = [t.params for t in first.trials]
+    resumed = open_study(f"sqlite:///{tmp_path}/optuna.db", STUDY, spec, 2)
+    assert resumed.ask(space).params not in before  # the seed alone would draw trial 0's again
+    fresh = open_study(f"sqlite:///{tmp_path}/other.db", STUDY, spec, 2)  # and it still reproduces a new study
+    assert fresh.ask(space).params == before[0]
+
+
 @pytest.mark.parametrize("override, expected", [
     ("hydra.sweeper.pruner.type=bogus",
      "error: hydra.sweeper.pruner.type: 'bogus' is not one of: median, hyperband, none"),

@@ -137,14 +137,34 @@ def default_storage(tracking_uri: str) -> str:
     return f"sqlite:///{folder / 'optuna.db'}"
 
 
-def make_sampler(spec: dict, parallel: bool):
+def make_sampler(spec: dict, parallel: bool, trials_before: int = 0):
+    """The study's sampler; a resumed study's is seeded with `seed + trials_before`.
+
+    The seed alone would replay the first sweep's random draws, so a resumed study would propose its
+    first trials again (measured: a resumed `optuna_lr_init` re-ran trial 0's init and lr).
+    """
     import optuna
 
+    seed = spec.get("seed")
+    if seed is not None:
+        seed += trials_before
     if spec.get("type", "tpe") == "random":
-        return optuna.samplers.RandomSampler(seed=spec.get("seed"))
+        return optuna.samplers.RandomSampler(seed=seed)
     # constant_liar: trials in flight count as if they had scored badly, so parallel trials spread out
-    return optuna.samplers.TPESampler(seed=spec.get("seed"), n_startup_trials=spec.get("n_startup_trials", 10),
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.get("n_startup_trials", 10),
                                       constant_liar=parallel)
+
+
+def open_study(storage, name: str, spec: dict, n_jobs: int):
+    """Create the study, or load it with a sampler seeded past the draws of the sweeps before it."""
+    import optuna
+
+    study = optuna.create_study(study_name=name, storage=storage, direction=spec["direction"],
+                                sampler=make_sampler(spec["sampler"], n_jobs > 1), load_if_exists=True)
+    before = len(study.get_trials(deepcopy=False))
+    if before:
+        study.sampler = make_sampler(spec["sampler"], n_jobs > 1, before)
+    return study
 
 
 def retried_numbers(study) -> set[int]:
@@ -244,8 +264,7 @@ def _run_study(sweeper, arguments: list[str]):
 
     try:
         storage = open_storage(url, spec["heartbeat"], on_stale)
-        study = optuna.create_study(study_name=name, storage=storage, direction=spec["direction"],
-                                    sampler=make_sampler(spec["sampler"], n_jobs > 1), load_if_exists=True)
+        study = open_study(storage, name, spec, n_jobs)
     except Exception as e:
         raise ConfigError("hydra.sweeper.storage", f"cannot open the Optuna study {name!r} at "
                                                    f"{redact_text(url)!r}: {str(e).splitlines()[0][:300]}") from None
