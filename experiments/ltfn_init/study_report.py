@@ -120,8 +120,10 @@ def seed_section(cells: dict[tuple, dict[int, dict]]) -> tuple[list[str], list[d
     lines = ["", "## Seeds: the conclusions with their intervals", "",
              "The cells the findings rest on, each run with `trainer.seed` 0-4 (seed 0 is the run above; "
              "`run_study.sh seeds-*`). The seed draws the initial weights; the batches are the same consecutive "
-             "ones in every run. Mean, sample standard deviation and the 95% confidence interval of the mean "
-             "(t distribution) of the test accuracy:", "",
+             "ones in every run. Seeds 1-4 ran as sweep jobs on one CPU thread each; part 5's seed 0 is the single "
+             "run on all cores, which changes only the float32 rounding (see Reproducibility above). Mean, sample "
+             "standard deviation and the 95% confidence interval of the mean (t distribution) of the test "
+             "accuracy:", "",
              "| cell | seeds | mean | std | 95% CI | min – max |", "|---|---|---|---|---|---|"]
     used = []
     for label, by_seed in found:
