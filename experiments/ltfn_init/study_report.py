@@ -47,19 +47,16 @@ def record(run, name: str) -> dict:
     }
 
 
-def newest(client, experiment_id: str, filter_string: str):
-    found = client.search_runs([experiment_id], filter_string=filter_string,
-                               order_by=["attributes.start_time DESC"], max_results=1)
-    return found[0] if found else None
-
-
 def collect(client, experiment: str) -> tuple[list[dict], dict]:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise SystemExit(f"error: no MLflow experiment {experiment!r} in this store: run the study first")
     records, runs = [], {}
     for name in ("ltfn5_published", "ltfn6_published"):
-        run = newest(client, exp.experiment_id, f"attributes.run_name = '{name}' and attributes.status != 'RUNNING'")
+        found = client.search_runs([exp.experiment_id], max_results=100, order_by=["attributes.start_time DESC"],
+                                   filter_string=f"attributes.run_name = '{name}' and attributes.status != 'RUNNING'")
+        # the single run, not a job of seeds-part5 (same run name, under a sweep parent)
+        run = next((r for r in found if "mlflow.parentRunId" not in r.data.tags), None)
         if run:
             records.append(record(run, name))
             runs[name] = run
