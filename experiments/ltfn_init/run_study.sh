@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The LTFN init study, end to end, into the default MLflow store (mlruns/).
 # On 2 CPU cores: about 20 min for part 5, 5 min for part 6, 50 min for the grid, and for the seeds
-# (seeds 1-4 of the cells the conclusions rest on; seed 0 is the run above) 35 min each for seeds-he,
-# seeds-part5, 20 min each for seeds-glorot and seeds-normal.
+# (seeds 1-4 of the cells the conclusions rest on; seed 0 is the run above) about 30 min for seeds-he,
+# 75 min for seeds-part5, 16 min each for seeds-glorot and seeds-normal (2026-12-06, AMD EPYC).
 #
 #   experiments/ltfn_init/run_study.sh                          # all steps: part5 part6 grid seeds-* report
 #   RESUME=last experiments/ltfn_init/run_study.sh grid report  # restart after a kill, from the step it stopped in
