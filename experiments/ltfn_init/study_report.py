@@ -160,7 +160,7 @@ def seed_findings(found) -> list[str]:
         out.append(f"- **Part 5 over {s['n']} seeds**: {_pct(s['mean'])} test accuracy, 95% CI "
                    f"[{_pct(s['lo'])}, {_pct(s['hi'])}]; the published 81.88% lies "
                    + ("inside it." if inside else "outside it.")
-                   + f" The test loss varies far more with the N(0,1) draw: mean {_num(loss['mean'])}, range "
+                   + f" The test loss, which a few huge logits dominate: mean {_num(loss['mean'])}, range "
                    f"{_num(min(r['test_loss'] for r in part5))} – {_num(max(r['test_loss'] for r in part5))} "
                    "(published 15,083).")
     for a, b, what in PAIRS:
