@@ -24,14 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from sweep_overhead import cpu_model  # benchmarks/ is on sys.path when a script in it runs
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
 
 
 def study(pruner: str, args) -> dict:
